@@ -1,0 +1,124 @@
+"""Every environment variable the backend reads, parsed once into one frozen object.
+
+Reading the environment in one place means a typo in a value stops start-up with a
+message naming the variable, instead of surfacing minutes later inside a request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value we cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The backend's configuration. Field docs are mirrored in the README table."""
+
+    compel: bool = False  # COMPEL: weight prompts with compel
+    xpu: bool = False  # XPU: place models on an Intel XPU
+    clip_skip_enabled: bool = True  # CLIPSKIP: honour CLIPSkip values
+    safetensors_only: bool = True  # SAFETENSORS: refuse pickle checkpoints
+    chunk_size: int = 8  # CHUNK_SIZE: frames decoded at once for video models
+    fps: int = 7  # FPS: default frames per second of videos
+    disable_cpu_offload: bool = False  # DISABLE_CPU_OFFLOAD: never offload to CPU
+    frames: int = 64  # FRAMES: default number of video frames
+    bfl_repo: str = "ChuckMcSneed/FLUX.1-dev"  # BFL_REPO: Flux base repo (quantized loads)
+    max_workers: int = 1  # PYTHON_GRPC_MAX_WORKERS: gRPC thread pool size
+    auth_token: str = ""  # LOCALAI_GRPC_AUTH_TOKEN: bearer token required when set
+    parent_watch: bool = True  # LOCALAI_BACKEND_PARENT_WATCH: exit when orphaned
+    parent_watch_interval: float = 2.0  # LOCALAI_BACKEND_PARENT_WATCH_INTERVAL (seconds)
+    max_pixels: int = 4096 * 4096  # DIFFUSERS_MAX_PIXELS: largest width*height accepted
+    max_steps: int = 500  # DIFFUSERS_MAX_STEPS: largest step count accepted
+    max_input_pixels: int = 8192 * 8192  # DIFFUSERS_MAX_INPUT_PIXELS: largest input image
+    allow_remote_code: bool = False  # DIFFUSERS_ALLOW_REMOTE_CODE: trust_remote_code etc.
+    shutdown_grace: float = 30.0  # DIFFUSERS_SHUTDOWN_GRACE: seconds to finish on SIGTERM
+
+    def __repr__(self) -> str:  # never print the token
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if shown["auth_token"]:
+            shown["auth_token"] = "***"
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be a boolean (1/0, true/false, yes/no, on/off), got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def parse_duration(name: str, raw: str) -> float:
+    """Parse ``500ms``, ``2s``, ``1m`` or a bare number of seconds."""
+    text = raw.strip().lower()
+    units = (("ms", 0.001), ("s", 1.0), ("m", 60.0))
+    scale = 1.0
+    for suffix, factor in units:
+        if text.endswith(suffix):
+            text, scale = text[: -len(suffix)], factor
+            break
+    try:
+        value = float(text) * scale
+    except ValueError:
+        raise SettingsError(f"{name} must be a duration like 500ms, 2s or 3, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``env`` (default ``os.environ``); raise on bad values."""
+    env = os.environ if env is None else env
+    interval_raw = env.get("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", "").strip()
+    grace_raw = env.get("DIFFUSERS_SHUTDOWN_GRACE", "").strip()
+    return Settings(
+        compel=_bool(env, "COMPEL", False),
+        xpu=_bool(env, "XPU", False),
+        clip_skip_enabled=_bool(env, "CLIPSKIP", True),
+        safetensors_only=_bool(env, "SAFETENSORS", True),
+        chunk_size=_int(env, "CHUNK_SIZE", 8, minimum=1),
+        fps=_int(env, "FPS", 7, minimum=1),
+        disable_cpu_offload=_bool(env, "DISABLE_CPU_OFFLOAD", False),
+        frames=_int(env, "FRAMES", 64, minimum=1),
+        bfl_repo=env.get("BFL_REPO", "").strip() or "ChuckMcSneed/FLUX.1-dev",
+        max_workers=_int(env, "PYTHON_GRPC_MAX_WORKERS", 1, minimum=1),
+        auth_token=env.get("LOCALAI_GRPC_AUTH_TOKEN", "").strip(),
+        parent_watch=_bool(env, "LOCALAI_BACKEND_PARENT_WATCH", True),
+        parent_watch_interval=(
+            parse_duration("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", interval_raw)
+            if interval_raw
+            else 2.0
+        ),
+        max_pixels=_int(env, "DIFFUSERS_MAX_PIXELS", 4096 * 4096, minimum=64),
+        max_steps=_int(env, "DIFFUSERS_MAX_STEPS", 500, minimum=1),
+        max_input_pixels=_int(env, "DIFFUSERS_MAX_INPUT_PIXELS", 8192 * 8192, minimum=64),
+        allow_remote_code=_bool(env, "DIFFUSERS_ALLOW_REMOTE_CODE", False),
+        shutdown_grace=(
+            parse_duration("DIFFUSERS_SHUTDOWN_GRACE", grace_raw) if grace_raw else 30.0
+        ),
+    )
