@@ -7,6 +7,11 @@ host never gets UNKNOWN or a traceback, and the log still gets the full story.
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
 import grpc
 
 MAX_MESSAGE_CHARS = 400
@@ -78,7 +83,7 @@ class LoadError(BackendError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
     """True for host or device OOM, without importing torch to check."""
     if isinstance(exc, MemoryError):
         return True
@@ -104,7 +109,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Map any exception to the (status code, message) the host will see."""
     if isinstance(exc, BackendError):
         return exc.code, short_message(exc)
-    if _is_out_of_memory(exc):
+    if is_out_of_memory(exc):
         return (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "out of memory while generating; try a smaller size, fewer frames, "
@@ -117,3 +122,25 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, (ValueError, TypeError)):
         return grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {short_message(exc)}"
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {short_message(exc)}"
+
+
+def grpc_method(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a servicer method: any exception becomes a fitting gRPC status, logged once.
+
+    This decorator is the only place in the backend that calls ``context.abort``.
+    """
+    log = logging.getLogger("diffusers_backend.rpc")
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - the one catch-all, by design
+            code, message = status_for(exc)
+            if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                log.error("%s failed: %s", method.__name__, message, exc_info=exc)
+            else:
+                log.info("%s refused (%s): %s", method.__name__, code.name, message)
+            context.abort(code, message)
+
+    return wrapper

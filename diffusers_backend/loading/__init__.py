@@ -1,0 +1,1 @@
+"""LoadModel internals: spec parsing, model resolution, special loaders, placement."""

@@ -1,0 +1,103 @@
+"""Things added onto a loaded pipeline: LoRA adapters, a ControlNet, a replacement CLIP.
+
+All paths are taken relative to the host's models folder (``ModelPath``) unless absolute,
+and local files load offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import LoadError
+from .spec import LoadSpec
+
+log = logging.getLogger(__name__)
+
+
+def _local_path(name: str, model_path: str) -> Path | None:
+    path = Path(os.path.expanduser(name))
+    candidates = [path] if path.is_absolute() else [Path(model_path) / path, path]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def lora_plan(spec: LoadSpec) -> list[tuple[str, float]]:
+    """The (reference, scale) pairs to load: LoraAdapters+LoraScales, else LoraAdapter."""
+    if spec.lora_adapters:
+        scales = spec.lora_scales or tuple(1.0 for _ in spec.lora_adapters)
+        return list(zip(spec.lora_adapters, scales, strict=True))
+    if spec.lora_adapter:
+        return [(spec.lora_adapter, spec.lora_scale or 1.0)]
+    return []
+
+
+def load_loras(pipe: Any, spec: LoadSpec) -> list[str]:
+    """Load every LoRA of the spec as a named adapter and set their weights."""
+    plan = lora_plan(spec)
+    if not plan:
+        return []
+    if not hasattr(pipe, "load_lora_weights"):
+        raise LoadError(f"{type(pipe).__name__} does not support LoRA adapters")
+    names: list[str] = []
+    for index, (reference, _scale) in enumerate(plan):
+        local = _local_path(reference, spec.model_path)
+        adapter_name = f"lora_{index}"
+        try:
+            if local is not None and local.is_file():
+                pipe.load_lora_weights(str(local.parent), weight_name=local.name,
+                                       adapter_name=adapter_name)
+            elif local is not None:
+                pipe.load_lora_weights(str(local), adapter_name=adapter_name)
+            elif os.path.isabs(reference) or reference.endswith((".safetensors", ".bin")):
+                raise LoadError(f"LoRA file not found: {reference} (models folder: "
+                                f"{spec.model_path or 'not set'})")
+            else:
+                pipe.load_lora_weights(reference, adapter_name=adapter_name)
+        except LoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the user with the path
+            raise LoadError(
+                f"could not load LoRA {reference}: {str(exc).splitlines()[0][:200]}"
+            ) from exc
+        names.append(adapter_name)
+    pipe.set_adapters(names, adapter_weights=[scale for _, scale in plan])
+    log.info("LoRA adapters loaded: %s", ", ".join(f"{r} x{s}" for r, s in plan))
+    return names
+
+
+def load_controlnet(spec: LoadSpec, dtype: Any, extra: dict[str, Any]) -> Any:
+    """Load the ControlNet model named by the spec (folder or Hub id)."""
+    from diffusers import ControlNetModel
+
+    local = _local_path(spec.controlnet, spec.model_path)
+    reference = str(local) if local is not None else spec.controlnet
+    try:
+        if local is not None and local.is_file():
+            return ControlNetModel.from_single_file(reference, torch_dtype=dtype)
+        return ControlNetModel.from_pretrained(reference, torch_dtype=dtype, **extra)
+    except Exception as exc:  # noqa: BLE001
+        raise LoadError(
+            f"could not load ControlNet {spec.controlnet}: {str(exc).splitlines()[0][:200]}"
+        ) from exc
+
+
+def load_clip_text_encoder(spec: LoadSpec, dtype: Any) -> Any:
+    """``CLIPModel``/``CLIPSubfolder``: a replacement text encoder for the pipeline."""
+    from transformers import CLIPTextModel
+
+    local = _local_path(spec.clip_model, spec.model_path)
+    reference = str(local) if local is not None else spec.clip_model
+    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    if spec.clip_subfolder:
+        kwargs["subfolder"] = spec.clip_subfolder
+    try:
+        return CLIPTextModel.from_pretrained(reference, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise LoadError(
+            f"could not load CLIP model {spec.clip_model}: {str(exc).splitlines()[0][:200]}"
+        ) from exc

@@ -1,0 +1,86 @@
+"""Turn what the host sends (Model, ModelFile, ModelPath) into one thing to load.
+
+The host sends ``Model`` as written in the YAML (a Hub id or a file/folder name),
+``ModelPath`` (the models folder) and ``ModelFile`` (``ModelPath/Model``). If ModelFile
+exists it is what the user meant (offline); else Model may be a path of its own; else it
+is a Hub id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from ..errors import LoadError
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+class RefKind(Enum):
+    FOLDER = "folder"
+    SINGLE_FILE = "single_file"
+    HUB = "hub"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model reference: where it is and how it must be loaded."""
+
+    kind: RefKind
+    location: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind is not RefKind.HUB
+
+
+def _local_candidates(model: str, model_file: str, model_path: str) -> list[Path]:
+    candidates: list[Path] = []
+    if model_file:
+        candidates.append(Path(model_file))
+    if model:
+        path = Path(os.path.expanduser(model))
+        if path.is_absolute():
+            candidates.append(path)
+        else:
+            if model_path:
+                candidates.append(Path(model_path) / path)
+            candidates.append(path)
+    return candidates
+
+
+def resolve_model_ref(
+    model: str, model_file: str = "", model_path: str = "", *, safetensors_only: bool = True
+) -> ModelRef:
+    """Decide what to load; raise :class:`LoadError` naming the path when it cannot exist."""
+    model, model_file, model_path = model.strip(), model_file.strip(), model_path.strip()
+    for candidate in _local_candidates(model, model_file, model_path):
+        if candidate.is_dir():
+            return ModelRef(RefKind.FOLDER, str(candidate.resolve()))
+        if candidate.is_file():
+            suffix = candidate.suffix.lower()
+            if suffix not in SINGLE_FILE_SUFFIXES:
+                raise LoadError(
+                    f"{candidate} is a file but not a checkpoint; expected a diffusers folder "
+                    f"or one of {', '.join(SINGLE_FILE_SUFFIXES)}"
+                )
+            if safetensors_only and suffix in PICKLE_SUFFIXES:
+                raise LoadError(
+                    f"refusing pickle checkpoint {candidate.name}: pickle files can run code "
+                    "when loaded. Convert it to .safetensors, or set SAFETENSORS=0 to allow it"
+                )
+            return ModelRef(RefKind.SINGLE_FILE, str(candidate.resolve()))
+    looks_like_path = (
+        model.startswith(("/", "./", "../", "~"))
+        or model.lower().endswith(SINGLE_FILE_SUFFIXES)
+        or not _HUB_ID.match(model)
+    )
+    if not model or looks_like_path:
+        tried = ", ".join(str(c) for c in _local_candidates(model, model_file, model_path))
+        raise LoadError(f"model not found on disk: {model or model_file} (looked at: {tried})")
+    return ModelRef(RefKind.HUB, model)

@@ -1,0 +1,204 @@
+"""LoadModel's work: which class, which files, which dtype and device, what add-ons.
+
+Order: validate the spec, resolve the model reference, pick the class through the dynamic
+loader, load it (special loaders for the few families that need it), then scheduler,
+adapters, task variant, placement. Any failure becomes a :class:`LoadError` that names
+what failed; the caller keeps the previous model when that happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import LoadError
+from ..settings import Settings
+from . import adapters, placement, special
+from .model_ref import ModelRef, RefKind, resolve_model_ref
+from .spec import LoadSpec
+
+log = logging.getLogger(__name__)
+
+REMOTE_CODE_KEYS = ("trust_remote_code", "custom_pipeline")
+_PASS_THROUGH_LOAD_KEYS = ("variant", "revision", "subfolder", "low_cpu_mem_usage", "config",
+                           "original_config", "use_safetensors")
+
+
+@dataclass
+class LoadedPipeline:
+    """A pipeline ready to serve, with what the runtime needs to know about it."""
+
+    pipe: Any
+    spec: LoadSpec
+    device: str
+    dtype_name: str
+    load_seconds: float = 0.0
+    description: str = ""
+    lora_adapters: list[str] = field(default_factory=list)
+
+    @property
+    def class_name(self) -> str:
+        return type(self.pipe).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def resolve_class(spec: LoadSpec, ref: ModelRef) -> type:
+    """PipelineType as a class name or task; else what the model itself declares."""
+    import diffusers_dynamic_loader as dl
+
+    wanted = spec.pipeline_type.strip()
+    if wanted:
+        try:
+            return dl.resolve_pipeline_class(class_name=wanted)
+        except ValueError as class_error:
+            try:
+                return dl.resolve_pipeline_class(task=wanted)
+            except ValueError:
+                raise LoadError(f"pipeline_type {wanted!r}: {_first_line(class_error)}") from None
+    try:
+        return dl.resolve_pipeline_class(model_id=ref.location)
+    except ValueError as exc:
+        raise LoadError(f"cannot tell the pipeline class of {ref.location}: {exc}") from None
+
+
+def _has_variant_files(folder: Path, variant: str) -> bool:
+    return any(folder.glob(f"*/*.{variant}.*")) or any(folder.glob(f"*.{variant}.*"))
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return any(folder.glob("*/*.safetensors")) or any(folder.glob("*.safetensors"))
+
+
+def build_load_kwargs(spec: LoadSpec, ref: ModelRef, settings: Settings, dtype: Any,
+                      device: str) -> dict[str, Any]:
+    """Keyword arguments for from_pretrained/from_single_file, with safety checks applied."""
+    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    load_options = spec.load_options
+    for key in _PASS_THROUGH_LOAD_KEYS:
+        if key in load_options:
+            kwargs[key] = load_options[key]
+    kwargs.update(spec.engine_args)
+    for key in REMOTE_CODE_KEYS:
+        if (load_options.get(key) or kwargs.get(key)) and not settings.allow_remote_code:
+            raise LoadError(
+                f"{key} runs code from the model repository and is disabled; "
+                "set DIFFUSERS_ALLOW_REMOTE_CODE=1 to allow it"
+            )
+        if key in load_options:
+            kwargs[key] = load_options[key]
+    if ref.kind is RefKind.FOLDER:
+        folder = Path(ref.location)
+        if spec.torch_dtype_name() == "float16" and "variant" not in kwargs:
+            if _has_variant_files(folder, "fp16"):
+                kwargs["variant"] = "fp16"
+        if settings.safetensors_only and "use_safetensors" not in kwargs:
+            if not _has_safetensors(folder):
+                raise LoadError(
+                    f"{folder} has no .safetensors weights and SAFETENSORS=1 refuses pickle "
+                    "weights (.bin/.ckpt); convert them, or set SAFETENSORS=0 to allow them"
+                )
+            kwargs["use_safetensors"] = True
+    elif ref.kind is RefKind.HUB:
+        if spec.torch_dtype_name() == "float16" and "variant" not in kwargs:
+            kwargs["variant"] = "fp16"  # retried without it when the repo has none
+        if settings.safetensors_only:
+            kwargs.setdefault("use_safetensors", True)
+    kwargs.update(placement.device_map_kwargs(spec, device))
+    if spec.clip_model:
+        kwargs["text_encoder"] = adapters.load_clip_text_encoder(spec, dtype)
+    return kwargs
+
+
+def _load_with_variant_fallback(loader: special.Loader, cls: type, ref: ModelRef,
+                                kwargs: dict[str, Any], spec: LoadSpec,
+                                settings: Settings) -> Any:
+    """Hub repos may lack the fp16 variant F16Memory asks for: then use plain weights."""
+    try:
+        return loader(cls, ref, kwargs, spec, settings)
+    except (OSError, ValueError) as exc:
+        auto_variant = ref.kind is RefKind.HUB and kwargs.get("variant") == "fp16" and (
+            "variant" not in spec.load_options and "variant" not in spec.engine_args
+        )
+        if not auto_variant or "variant" not in str(exc).lower():
+            raise
+        log.info("no fp16 variant in %s; loading the plain weights in float16", ref.location)
+        retry = {k: v for k, v in kwargs.items() if k != "variant"}
+        return loader(cls, ref, retry, spec, settings)
+
+
+def _as_task_variant(pipe: Any, spec: LoadSpec, controlnet: Any) -> Any:
+    """Apply IMG2IMG and ControlNet by switching pipeline class on the same weights."""
+    import inspect
+
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+
+    takes_image = "image" in inspect.signature(type(pipe).__call__).parameters
+    extra = {"controlnet": controlnet} if controlnet is not None else {}
+    try:
+        if spec.img2img and not takes_image:
+            return AutoPipelineForImage2Image.from_pipe(pipe, **extra)
+        if controlnet is not None:
+            auto = AutoPipelineForImage2Image if takes_image else AutoPipelineForText2Image
+            return auto.from_pipe(pipe, **extra)
+    except ValueError as exc:
+        what = "ControlNet" if controlnet is not None else "img2img"
+        raise LoadError(
+            f"{type(pipe).__name__} has no {what} variant in diffusers: {_first_line(exc)}"
+        ) from None
+    return pipe
+
+
+def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
+    """Load everything LoadModel asked for; raise LoadError naming the failing part."""
+    from .. import schedulers
+
+    started = time.perf_counter()
+    spec.validate()
+    ref = resolve_model_ref(spec.model, spec.model_file, spec.model_path,
+                            safetensors_only=settings.safetensors_only)
+    cls = resolve_class(spec, ref)
+    device = placement.pick_device(spec, settings)
+    dtype = placement.torch_dtype(spec)
+    if spec.threads > 0:
+        import torch
+
+        torch.set_num_threads(spec.threads)
+    kwargs = build_load_kwargs(spec, ref, settings, dtype, device)
+    loader = special.loader_for(cls.__name__)
+    log.info("loading %s as %s (%s, %s)", ref.location, cls.__name__, device,
+             spec.torch_dtype_name())
+    try:
+        pipe = _load_with_variant_fallback(loader, cls, ref, kwargs, spec, settings)
+    except LoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any library failure, reported with context
+        log.exception("loading %s as %s failed", ref.location, cls.__name__)
+        hint = ""
+        if ref.kind is RefKind.HUB and "offline" in str(exc).lower():
+            hint = " (HF_HUB_OFFLINE is set and the model is not in the local cache)"
+        raise LoadError(
+            f"could not load {ref.location} as {cls.__name__}: {_first_line(exc)}{hint}"
+        ) from exc
+    if spec.scheduler_type:
+        schedulers.apply_scheduler(pipe, spec.scheduler_type)
+    controlnet = None
+    if spec.controlnet:
+        extra = {k: kwargs[k] for k in ("use_safetensors",) if k in kwargs}
+        controlnet = adapters.load_controlnet(spec, dtype, extra)
+    pipe = _as_task_variant(pipe, spec, controlnet)
+    lora_names = adapters.load_loras(pipe, spec)
+    description = placement.apply_memory_modes(pipe, spec, settings, device)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    elapsed = time.perf_counter() - started
+    log.info("loaded %s in %.2fs (%s)", type(pipe).__name__, elapsed, description)
+    return LoadedPipeline(pipe=pipe, spec=spec, device=device,
+                          dtype_name=spec.torch_dtype_name(), load_seconds=elapsed,
+                          description=description, lora_adapters=lora_names)

@@ -1,0 +1,116 @@
+"""Where a pipeline runs and how it saves memory: device, dtype, offload, slicing, tiling.
+
+GPU-only modes (offload, device maps) become no-ops with a log line on CPU, so one model
+YAML works on both kinds of host.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import LoadError
+from ..settings import Settings
+from .spec import LoadSpec
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(spec: LoadSpec, settings: Settings) -> str:
+    """cuda when asked and present, xpu when XPU=1, mps on Apple, else cpu."""
+    import torch
+
+    if settings.xpu:
+        if hasattr(torch, "xpu") and torch.xpu.is_available():
+            return "xpu"
+        log.warning("XPU=1 but no Intel XPU is available; running on CPU")
+    if spec.cuda:
+        if torch.cuda.is_available():
+            return "cuda"
+        log.warning("cuda: true in the model YAML but no CUDA device is available; running on CPU")
+        return "cpu"
+    if torch.cuda.is_available():
+        log.info("a CUDA device is present but the model YAML does not set cuda: true; using CPU")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def torch_dtype(spec: LoadSpec) -> Any:
+    """The torch dtype object for the spec (raises LoadError on an unknown name)."""
+    import torch
+
+    return getattr(torch, spec.torch_dtype_name())
+
+
+def _truthy(options: dict[str, Any], *keys: str) -> bool:
+    return any(bool(options.get(k)) for k in keys)
+
+
+def apply_memory_modes(pipe: Any, spec: LoadSpec, settings: Settings, device: str) -> str:
+    """Place the pipeline and apply memory options; return a short description for logs."""
+    opts = spec.load_options
+    notes: list[str] = []
+    on_gpu = device in {"cuda", "xpu"}
+    wants_sequential = _truthy(
+        opts, "sequential_cpu_offload", "enable_sequential_cpu_offload"
+    )
+    wants_model_offload = spec.low_vram or _truthy(
+        opts, "cpu_offload", "model_cpu_offload", "enable_model_cpu_offload"
+    )
+    if settings.disable_cpu_offload and (wants_sequential or wants_model_offload):
+        notes.append("offload requested but DISABLE_CPU_OFFLOAD=1")
+        wants_sequential = wants_model_offload = False
+    placed = getattr(pipe, "hf_device_map", None) is not None
+    if placed:
+        notes.append(f"spread over devices: {pipe.hf_device_map}")
+    elif on_gpu and wants_sequential:
+        pipe.enable_sequential_cpu_offload(device=device)
+        notes.append("sequential CPU offload")
+    elif on_gpu and wants_model_offload:
+        pipe.enable_model_cpu_offload(device=device)
+        notes.append("model CPU offload")
+    else:
+        if wants_sequential or wants_model_offload:
+            log.info("CPU offload only applies on a GPU; ignored on %s", device)
+        pipe.to(device)
+    if _truthy(opts, "attention_slicing", "enable_attention_slicing"):
+        if hasattr(pipe, "enable_attention_slicing"):
+            pipe.enable_attention_slicing()
+            notes.append("attention slicing")
+    vae = getattr(pipe, "vae", None)
+    if _truthy(opts, "vae_slicing", "enable_vae_slicing") and vae is not None:
+        if hasattr(vae, "enable_slicing"):
+            vae.enable_slicing()
+            notes.append("VAE slicing")
+    if _truthy(opts, "vae_tiling", "enable_vae_tiling") and vae is not None:
+        if hasattr(vae, "enable_tiling"):
+            vae.enable_tiling()
+            notes.append("VAE tiling")
+    backend = opts.get("attention_backend")
+    if backend:
+        transformer = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+        if transformer is None or not hasattr(transformer, "set_attention_backend"):
+            raise LoadError(f"attention_backend {backend!r}: this pipeline cannot switch backends")
+        transformer.set_attention_backend(str(backend))
+        notes.append(f"attention backend {backend}")
+    return ", ".join(notes) or f"on {device}"
+
+
+def device_map_kwargs(spec: LoadSpec, device: str) -> dict[str, Any]:
+    """``TensorParallelSize > 1`` spreads the pipeline over the GPUs with a device map."""
+    if spec.tensor_parallel_size <= 1:
+        return {}
+    if device != "cuda":
+        log.info("tensor_parallel_size=%d needs CUDA GPUs; ignored on %s",
+                 spec.tensor_parallel_size, device)
+        return {}
+    import torch
+
+    count = torch.cuda.device_count()
+    if count < 2:
+        log.info("tensor_parallel_size=%d but only %d GPU is visible; ignored",
+                 spec.tensor_parallel_size, count)
+        return {}
+    return {"device_map": "balanced"}

@@ -1,0 +1,178 @@
+"""What LoadModel asked for, parsed and validated into plain Python values.
+
+The servicer turns the protobuf ``ModelOptions`` into a :class:`LoadSpec`; everything after
+that (resolution, loading, runtime) works on this object and never sees protobuf.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LoadError
+
+# Options applied while loading (from_pretrained kwargs or pipeline toggles); every other
+# option becomes a default keyword argument of each pipeline call.
+LOAD_TIME_OPTION_KEYS = frozenset(
+    {
+        "torch_dtype",
+        "variant",
+        "use_safetensors",
+        "low_cpu_mem_usage",
+        "revision",
+        "subfolder",
+        "attention_slicing",
+        "enable_attention_slicing",
+        "vae_slicing",
+        "enable_vae_slicing",
+        "vae_tiling",
+        "enable_vae_tiling",
+        "cpu_offload",
+        "sequential_cpu_offload",
+        "enable_sequential_cpu_offload",
+        "model_cpu_offload",
+        "enable_model_cpu_offload",
+        "xformers",
+        "attention_backend",
+        "config",
+        "original_config",
+        "device_map",
+        "controlnet_conditioning_scale_default",
+        "trust_remote_code",
+        "custom_pipeline",
+    }
+)
+
+DTYPE_NAMES = {
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "f16": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+    "f32": "float32",
+}
+
+
+def parse_option_value(raw: str) -> Any:
+    """Type an option value: bool, int, float, JSON, else the string itself."""
+    text = raw.strip()
+    lowered = text.lower()
+    if lowered in {"true", "false"}:
+        return lowered == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    if text[:1] in "[{\"":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def parse_options(options: list[str]) -> dict[str, Any]:
+    """Parse ``key:value`` strings, splitting at the first colon only (values may hold colons)."""
+    parsed: dict[str, Any] = {}
+    for entry in options:
+        if not entry.strip():
+            continue
+        key, sep, value = entry.partition(":")
+        key = key.strip()
+        if not sep or not key:
+            raise LoadError(f"option {entry!r} is not of the form key:value")
+        parsed[key] = parse_option_value(value)
+    return parsed
+
+
+def parse_dtype_name(value: str) -> str:
+    """Map a user dtype spelling (fp16, bf16, fp32...) to a torch dtype attribute name."""
+    name = DTYPE_NAMES.get(str(value).strip().lower())
+    if name is None:
+        raise LoadError(
+            f"unknown torch_dtype {value!r}; use one of fp16, bf16, fp32 "
+            "(or float16, bfloat16, float32)"
+        )
+    return name
+
+
+def parse_engine_args(raw: str) -> dict[str, Any]:
+    """``EngineArgs`` is a JSON object of extra from_pretrained keyword arguments."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise LoadError(f"EngineArgs is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise LoadError("EngineArgs must be a JSON object like {\"variant\": \"fp16\"}")
+    return value
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """A LoadModel request in plain values; see the README for each field's meaning."""
+
+    model: str
+    model_file: str = ""
+    model_path: str = ""
+    pipeline_type: str = ""
+    scheduler_type: str = ""
+    cuda: bool = False
+    f16: bool = False
+    dtype: str = ""
+    low_vram: bool = False
+    img2img: bool = False
+    cfg_scale: float = 0.0
+    clip_skip: int = 0
+    clip_model: str = ""
+    clip_subfolder: str = ""
+    controlnet: str = ""
+    lora_adapter: str = ""
+    lora_base: str = ""
+    lora_scale: float = 0.0
+    lora_adapters: tuple[str, ...] = ()
+    lora_scales: tuple[float, ...] = ()
+    quantization: str = ""
+    tensor_parallel_size: int = 0
+    threads: int = 0
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    engine_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def load_options(self) -> dict[str, Any]:
+        """Options consumed while loading."""
+        return {k: v for k, v in self.options.items() if k in LOAD_TIME_OPTION_KEYS}
+
+    @property
+    def call_options(self) -> dict[str, Any]:
+        """Options passed as default keyword arguments of every pipeline call."""
+        return {k: v for k, v in self.options.items() if k not in LOAD_TIME_OPTION_KEYS}
+
+    def torch_dtype_name(self) -> str:
+        """The compute dtype: option ``torch_dtype``, then ``DType``, then F16Memory."""
+        if "torch_dtype" in self.options:
+            return parse_dtype_name(str(self.options["torch_dtype"]))
+        if self.dtype.strip():
+            return parse_dtype_name(self.dtype)
+        return "float16" if self.f16 else "float32"
+
+    def validate(self) -> None:
+        """Fail early, with the field named, on values that would only fail later."""
+        if not (self.model.strip() or self.model_file.strip()):
+            raise LoadError("no model given: set `parameters.model` in the model YAML")
+        self.torch_dtype_name()
+        if self.lora_scales and len(self.lora_scales) != len(self.lora_adapters):
+            raise LoadError(
+                f"lora_scales has {len(self.lora_scales)} values but lora_adapters has "
+                f"{len(self.lora_adapters)}; give one scale per adapter or none"
+            )
+        if self.cfg_scale < 0:
+            raise LoadError(f"cfg_scale must not be negative, got {self.cfg_scale}")
