@@ -35,7 +35,6 @@ _ensure_stubs()
 import backend_pb2  # noqa: E402
 import backend_pb2_grpc  # noqa: E402
 
-
 # The default reconnect backoff (1 s, growing) would hide how fast the server really starts.
 FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
                   ("grpc.max_reconnect_backoff_ms", 100)]
