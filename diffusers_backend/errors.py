@@ -139,6 +139,12 @@ def grpc_method(method: Callable[..., Any]) -> Callable[..., Any]:
             code, message = status_for(exc)
             if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 log.error("%s failed: %s", method.__name__, message, exc_info=exc)
+            elif code is grpc.StatusCode.CANCELLED:
+                remaining = context.time_remaining()
+                why = "deadline passed" if remaining is not None and remaining <= 0 else (
+                    "client cancelled")
+                log.warning("%s cancelled (%s), work stopped: %s", method.__name__, why,
+                            message)
             else:
                 log.info("%s refused (%s): %s", method.__name__, code.name, message)
             context.abort(code, message)

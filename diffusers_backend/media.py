@@ -70,6 +70,17 @@ def _stat_input(path: str, label: str) -> None:
         raise InvalidArgument(f"{label} is not a regular file: {path}")
 
 
+def check_input_path(path: str, *, field: str = "src") -> None:
+    """Cheap metadata check of an input image path (exists, a regular file, readable).
+
+    Lets a request with a missing or wrong input be refused before it waits for the
+    pipeline; decoding (size, format, mode checks) still happens in open_image.
+    """
+    _stat_input(path, field)
+    if not os.access(path, os.R_OK):
+        raise PermissionDenied(f"{field} image cannot be read (permission denied): {path}")
+
+
 def _decode(source: str | bytes, label: str, shown: str, max_pixels: int) -> Image.Image:
     """Open, size-check from the header, then fully decode one image.
 
@@ -322,11 +333,13 @@ def load_inpaint_inputs(
 # --------------------------------------------------------------------------- outputs
 
 
-def check_output_path(dst: str, *, field: str = "dst") -> Path:
+def check_output_path(dst: str, *, field: str = "dst", probe: bool = True) -> Path:
     """Validate an output path before any expensive work, so a bad path fails fast.
 
-    Checks only metadata (no test write): the path is non-empty, not a folder, its
-    folder exists and is writable.
+    The path must be non-empty and not a folder, and its folder must exist. With
+    ``probe`` a hidden temporary file is created and removed in that folder: permission
+    bits cannot tell (root passes os.access everywhere, yet /proc or /sys refuse new
+    files), only a real create can.
     """
     if not dst or not dst.strip():
         raise InvalidArgument(f"{field} is empty: give the path of the file to write")
@@ -353,7 +366,26 @@ def check_output_path(dst: str, *, field: str = "dst") -> Path:
     # os.access also reports a read-only file system (EROFS), even for root.
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionDenied(f"output folder is not writable: {parent} ({field}={dst})")
+    if probe:
+        _probe_write(parent, path, field)
     return path
+
+
+def _probe_write(parent: Path, dst: Path, field: str) -> None:
+    """Create and remove a hidden file in ``parent``; refuse with a clear status if we can't."""
+    try:
+        fd, tmp = _temp_in(parent, dst.name, ".probe")
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted(
+                f"no space left in the output folder: {parent} ({field}={dst})"
+            ) from None
+        raise PermissionDenied(
+            f"output folder does not accept new files ({exc.strerror}): {parent} "
+            f"({field}={dst})"
+        ) from None
+    os.close(fd)
+    _remove_quietly(tmp)
 
 
 @lru_cache(maxsize=1)
@@ -438,7 +470,7 @@ def write_png_atomic(image: Image.Image, dst: str) -> None:
     over ``dst``. Any failure removes the temp file and leaves an existing ``dst``
     untouched. The format is PNG whatever ``dst``'s ending (the host uses ``*.tmp``).
     """
-    path = check_output_path(dst)
+    path = check_output_path(dst, probe=False)
     try:
         fd, tmp = _temp_in(path.parent, path.name, ".partial")
     except OSError as exc:
@@ -535,7 +567,7 @@ def write_video_atomic(frames: Sequence[Any] | np.ndarray, dst: str, fps: int) -
     ffmpeg picks the container from the file name, so the temp file ends in ``.mp4``
     whatever ``dst`` is called; it is renamed onto ``dst`` only once complete.
     """
-    path = check_output_path(dst)
+    path = check_output_path(dst, probe=False)
     seq = _frame_sequence(frames)
     if not seq:
         raise InvalidArgument("no video frames to write")
@@ -615,6 +647,7 @@ def lanczos_upscale(image: Image.Image, scale: int, *, max_pixels: int) -> Image
 
 
 __all__ = [
+    "check_input_path",
     "check_output_path",
     "image_to_png_bytes",
     "is_inpaint_json",

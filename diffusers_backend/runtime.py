@@ -16,6 +16,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    Cancelled,
     FailedPrecondition,
     InvalidArgument,
     LoadError,
@@ -121,6 +122,14 @@ class ModelRuntime:
         loaded = self._loaded
         return loaded.spec.model if loaded is not None else ""
 
+    def _release_memory(self) -> None:
+        """release_memory, but never while torch is still being imported in the background
+        (touching a half-imported torch raises AttributeError)."""
+        if self._imports_ready is None or self._imports_ready.is_set():
+            release_memory()
+        else:
+            gc.collect()
+
     def close(self) -> None:
         """Refuse new work (shutdown); running work finishes."""
         self._closing = True
@@ -143,7 +152,7 @@ class ModelRuntime:
             except Exception as exc:
                 with self._state_lock:
                     self._last_load_failed = self._loaded is None
-                release_memory()
+                self._release_memory()
                 if is_out_of_memory(exc):
                     raise LoadError(
                         "out of memory while loading the model; try f16, low_vram or a "
@@ -155,7 +164,7 @@ class ModelRuntime:
                 self._variants = Variants(loaded.pipe)
                 self._last_load_failed = False
             del old
-            release_memory()
+            self._release_memory()
             return loaded
 
     def free(self) -> bool:
@@ -165,7 +174,7 @@ class ModelRuntime:
             self._loaded = None
             self._variants = None
             self._last_load_failed = False
-        release_memory()
+        self._release_memory()
         return had_model
 
     # -- generation --------------------------------------------------------
@@ -179,37 +188,90 @@ class ModelRuntime:
             )
 
     def _run(self, work: Callable[[LoadedPipeline, Variants], str], *,
+             is_cancelled: IsCancelled | None = None,
+             precheck: Callable[[LoadedPipeline], None] | None = None,
              needs_model: bool = True) -> str:
+        """Run ``work`` on the loaded pipeline, one request at a time.
+
+        Order: shutting down? model loaded? then ``precheck`` (cheap request validation,
+        outside the lock, so a bad request is refused in milliseconds even while another
+        generation runs), then wait for the pipeline lock, then check the client is still
+        there, then the work itself.
+        """
         if self._closing:
             raise Unavailable("the backend is shutting down")
         with self._state_lock:
             self._busy += 1
         try:
+            snapshot = self._loaded
+            if needs_model and snapshot is None:
+                raise FailedPrecondition("no model is loaded: call LoadModel first")
+            if precheck is not None and snapshot is not None:
+                precheck(snapshot)
             with self._pipe_lock:
                 loaded, variants = self._loaded, self._variants
                 if needs_model and loaded is None:
                     raise FailedPrecondition("no model is loaded: call LoadModel first")
+                if is_cancelled is not None and is_cancelled():
+                    raise Cancelled("request cancelled by the client while it waited its turn")
                 try:
                     return work(loaded, variants)  # type: ignore[arg-type]
                 except Exception as exc:
                     if is_out_of_memory(exc):
-                        release_memory()
+                        log.warning("out of memory; freeing cached memory before the next "
+                                    "request")
+                        self._release_memory()
                     raise
         finally:
             with self._state_lock:
                 self._busy -= 1
 
+    def _check_inputs(self, fields: list[tuple[str, str]]) -> None:
+        from . import media
+
+        for field, path in fields:
+            if path:
+                media.check_input_path(path, field=field)
+
+    def _precheck_image(self, job: ImageJob) -> Callable[[LoadedPipeline], None]:
+        def check(loaded: LoadedPipeline) -> None:
+            from . import generation, media
+
+            generation.check_steps(job.steps, self.settings)
+            generation.check_size(job.width, job.height, loaded.pipe, self.settings)
+            media.check_output_path(job.dst)
+            inputs = [] if (job.src and media.is_inpaint_json(job.src)) else [("src", job.src)]
+            inputs += [(f"ref_images[{i}]", ref) for i, ref in enumerate(job.ref_images)]
+            self._check_inputs(inputs)
+
+        return check
+
+    def _precheck_video(self, job: VideoJob) -> Callable[[LoadedPipeline], None]:
+        def check(loaded: LoadedPipeline) -> None:
+            from . import generation, media
+
+            if not generation.call_signature(type(loaded.pipe)).accepts("num_frames"):
+                return  # run_video answers FAILED_PRECONDITION (an image model) first
+            generation.check_steps(job.steps, self.settings)
+            generation.check_size(job.width, job.height, loaded.pipe, self.settings)
+            media.check_output_path(job.dst)
+            self._check_inputs([("start_image", job.start_image), ("end_image", job.end_image)])
+
+        return check
+
     def generate_image(self, job: ImageJob, is_cancelled: IsCancelled) -> str:
         from . import generation
 
         return self._run(lambda loaded, variants: generation.run_image(
-            loaded, variants, job, self.settings, is_cancelled))
+            loaded, variants, job, self.settings, is_cancelled),
+            is_cancelled=is_cancelled, precheck=self._precheck_image(job))
 
     def generate_video(self, job: VideoJob, is_cancelled: IsCancelled) -> str:
         from . import generation
 
         return self._run(lambda loaded, _variants: generation.run_video(
-            loaded, job, self.settings, is_cancelled))
+            loaded, job, self.settings, is_cancelled),
+            is_cancelled=is_cancelled, precheck=self._precheck_video(job))
 
     def upscale(self, job: UpscaleJob, is_cancelled: IsCancelled) -> str:
         from . import generation
@@ -219,7 +281,7 @@ class ModelRuntime:
             # The Lanczos path needs no model and no lock.
             return generation.run_upscale(None, job, self.settings, is_cancelled)
         return self._run(lambda loaded, _variants: generation.run_upscale(
-            loaded, job, self.settings, is_cancelled))
+            loaded, job, self.settings, is_cancelled), is_cancelled=is_cancelled)
 
     # -- Status ------------------------------------------------------------
     def memory(self) -> tuple[int, dict[str, int]]:

@@ -22,7 +22,13 @@ import grpc
 from .settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("diffusers_backend")
-CONTROL_THREADS = 4  # Health/Status/Free always find a free thread, even while generating
+CONTROL_THREADS = 4  # a separate pool: Health/Status answer at once even while generating
+# Cheap RPCs that run on the control pool, never queued behind generations.
+CONTROL_METHODS = frozenset({
+    "/backend.Backend/Health",
+    "/backend.Backend/Status",
+    "/grpc.health.v1.Health/Check",
+})
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -47,24 +53,70 @@ def _deny(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
     context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid authorization bearer token")
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Require ``authorization: Bearer <token>`` on every call when a token is set."""
+def _on_pool(behavior: Any, pool: futures.ThreadPoolExecutor) -> Any:
+    """Wrap a handler function so gRPC runs it on ``pool`` instead of the default pool.
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    gRPC's sync server runs a handler on ``behavior.experimental_thread_pool`` when the
+    function carries that attribute (grpcio >= 1.38; the pinned 1.85 does). A bound method
+    cannot take attributes, hence the wrapper.
+    """
+
+    def run(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+        return behavior(request_or_iterator, context)
+
+    run.experimental_thread_pool = pool  # type: ignore[attr-defined]
+    return run
+
+
+def _rebuild(handler: Any, behavior: Any) -> Any:
+    """The same handler (same arity and (de)serializers) with another behavior function."""
+    factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    return factory(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _behavior(handler: Any) -> Any:
+    return (handler.unary_unary or handler.unary_stream or handler.stream_unary
+            or handler.stream_stream)
+
+
+class DispatchInterceptor(grpc.ServerInterceptor):
+    """Authentication and thread-pool routing, decided before a call is queued.
+
+    * With a token set, every call must carry ``authorization: Bearer <token>``
+      (constant-time compare), else UNAUTHENTICATED, answered on the control pool.
+    * Health, Status and the gRPC health Check run on a small control pool of their own,
+      so they answer at once however many generations are queued on the work pool
+      (a thread waiting for the pipeline lock would otherwise hold every worker).
+    """
+
+    def __init__(self, token: str, control_pool: futures.ThreadPoolExecutor) -> None:
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._control_pool = control_pool
+        self._deny = _on_pool(_deny, control_pool)
+
+    def _authorized(self, handler_call_details: Any) -> bool:
+        if self._expected is None:
+            return True
+        given = b""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else bytes(value)
+                break
+        return hmac.compare_digest(given, self._expected)
 
     def intercept_service(self, continuation, handler_call_details):
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = str(metadata.get("authorization", "")).encode()
         handler = continuation(handler_call_details)
-        if handler is None or hmac.compare_digest(given, self._expected):
-            return handler
-        factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
-        return factory(
-            _deny,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if handler is None:
+            return None
+        if not self._authorized(handler_call_details):
+            return _rebuild(handler, self._deny)
+        if handler_call_details.method in CONTROL_METHODS:
+            return _rebuild(handler, _on_pool(_behavior(handler), self._control_pool))
+        return handler
 
 
 def warm_imports(done: threading.Event) -> None:
@@ -113,12 +165,14 @@ def build_server(settings: Settings, addr: str) -> tuple[grpc.Server, Any, threa
 
     imports_ready = threading.Event()
     runtime = ModelRuntime(settings, imports_ready)
-    interceptors = [AuthInterceptor(settings.auth_token)] if settings.auth_token else []
+    # Work pool: PYTHON_GRPC_MAX_WORKERS threads for LoadModel, Free and generations
+    # (calls beyond it wait in the executor's queue without holding a thread).
+    # Control pool: Health/Status/health Check and auth refusals, never behind work.
+    control_pool = futures.ThreadPoolExecutor(max_workers=CONTROL_THREADS,
+                                              thread_name_prefix="control")
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=settings.max_workers + CONTROL_THREADS, thread_name_prefix="rpc"
-        ),
-        interceptors=interceptors,
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        interceptors=[DispatchInterceptor(settings.auth_token, control_pool)],
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
