@@ -165,13 +165,17 @@ def build_server(settings: Settings, addr: str) -> tuple[grpc.Server, Any, threa
 
     imports_ready = threading.Event()
     runtime = ModelRuntime(settings, imports_ready)
-    # Work pool: PYTHON_GRPC_MAX_WORKERS threads for LoadModel, Free and generations
-    # (calls beyond it wait in the executor's queue without holding a thread).
+    # Work pool, for LoadModel, Free and the generation RPCs: PYTHON_GRPC_MAX_WORKERS
+    # threads plus DIFFUSERS_MAX_QUEUE more. Generations run one at a time on the pipeline
+    # lock; the extra threads let requests that wait their turn be validated (and a bad
+    # one refused) at once instead of sitting unread in the executor's queue. Threads are
+    # started only when needed. Calls beyond that wait in the executor's queue.
     # Control pool: Health/Status/health Check and auth refusals, never behind work.
     control_pool = futures.ThreadPoolExecutor(max_workers=CONTROL_THREADS,
                                               thread_name_prefix="control")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers + settings.max_queue,
+                                   thread_name_prefix="rpc"),
         interceptors=[DispatchInterceptor(settings.auth_token, control_pool)],
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -32,6 +32,7 @@ class Settings:
     frames: int = 64  # FRAMES: default number of video frames
     bfl_repo: str = "ChuckMcSneed/FLUX.1-dev"  # BFL_REPO: Flux base repo (quantized loads)
     max_workers: int = 1  # PYTHON_GRPC_MAX_WORKERS: gRPC thread pool size
+    max_queue: int = 32  # DIFFUSERS_MAX_QUEUE: extra threads so queued requests are validated
     auth_token: str = ""  # LOCALAI_GRPC_AUTH_TOKEN: bearer token required when set
     parent_watch: bool = True  # LOCALAI_BACKEND_PARENT_WATCH: exit when orphaned
     parent_watch_interval: float = 2.0  # LOCALAI_BACKEND_PARENT_WATCH_INTERVAL (seconds)
@@ -107,6 +108,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         frames=_int(env, "FRAMES", 64, minimum=1),
         bfl_repo=env.get("BFL_REPO", "").strip() or "ChuckMcSneed/FLUX.1-dev",
         max_workers=_int(env, "PYTHON_GRPC_MAX_WORKERS", 1, minimum=1),
+        max_queue=_int(env, "DIFFUSERS_MAX_QUEUE", 32, minimum=0),
         auth_token=env.get("LOCALAI_GRPC_AUTH_TOKEN", "").strip(),
         parent_watch=_bool(env, "LOCALAI_BACKEND_PARENT_WATCH", True),
         parent_watch_interval=(
