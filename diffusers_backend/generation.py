@@ -28,8 +28,9 @@ DEFAULT_STEPS = 25
 DEFAULT_CFG = 7.0
 DEFAULT_IMG2IMG_STRENGTH = 0.75
 MAX_SEED = 2**31 - 1
-# Request fields that EnableParameters may switch off (LocalAI semantics).
-FILTERABLE = ("negative_prompt", "num_inference_steps", "clip_skip", "guidance_scale")
+# Request fields that EnableParameters may switch off (LocalAI semantics). The model's own
+# settings (CFGScale, Options) are not request fields and always apply.
+FILTERABLE = ("negative_prompt", "num_inference_steps", "clip_skip")
 _NEEDS_IMAGE = re.compile(
     r"Img2Img|ImageToImage|Inpaint|ControlNet|Upscale|InstructPix2Pix|Variation"
     r"|StableVideoDiffusion|ImageToVideo|I2V",
@@ -132,9 +133,15 @@ def check_steps(steps: int, settings: Settings) -> None:
                               "(DIFFUSERS_MAX_STEPS)")
 
 
-def pick_seed(seed: int) -> int:
-    """A positive seed is used as is; otherwise a random one (reported to the user)."""
-    return seed if seed > 0 else secrets.randbelow(MAX_SEED) + 1
+def pick_seed(seed: int, default: int = 0) -> int:
+    """The request's seed when positive, else the model's (LoadModel ``Seed``), else random.
+
+    The seed used is reported in the reply, so a random one can be reproduced.
+    """
+    for value in (seed, default):
+        if value and value > 0:
+            return int(value)
+    return secrets.randbelow(MAX_SEED) + 1
 
 
 def make_generator(seed: int) -> Any:
@@ -165,12 +172,17 @@ def _enabled(enable_parameters: str) -> set[str] | None:
     return {p.strip() for p in text.split(",") if p.strip()}
 
 
+def _allowed(enabled: set[str] | None, name: str) -> bool:
+    """Whether EnableParameters lets the request field ``name`` through."""
+    return enabled is None or name not in FILTERABLE or name in enabled
+
+
 def _filter(kwargs: dict[str, Any], sig: CallSignature, enabled: set[str] | None) -> dict:
     out = {}
     for key, value in kwargs.items():
         if value is None:
             continue
-        if enabled is not None and key in FILTERABLE and key not in enabled:
+        if not _allowed(enabled, key):
             continue
         if sig.accepts(key) or key in {"prompt_embeds", "negative_prompt_embeds"}:
             out[key] = value
@@ -189,13 +201,38 @@ def _defaults(loaded: LoadedPipeline, sig: CallSignature) -> dict[str, Any]:
     return defaults
 
 
+def _size_kwargs(width: int, height: int) -> dict[str, int]:
+    """The request's width/height where set; 0 leaves the option default or the model's."""
+    return {k: v for k, v in (("width", width), ("height", height)) if v}
+
+
 def _steps(job_steps: int, loaded: LoadedPipeline) -> int:
     return job_steps or int(loaded.spec.call_options.get("num_inference_steps", DEFAULT_STEPS))
 
 
+@dataclass
+class _ImageInputs:
+    """The pipeline picked for a request and the images it gets."""
+
+    pipe: Any
+    kwargs: dict[str, Any]
+    # Inpainting: the original picture and mask, pasted back outside the mask afterwards.
+    original: Any = None
+    mask: Any = None
+
+
 def _select_image_pipeline(loaded: LoadedPipeline, variants: Any, job: ImageJob,
-                           settings: Settings) -> tuple[Any, dict[str, Any]]:
-    """Pick txt2img / img2img / inpaint on the loaded weights and open the input images."""
+                           settings: Settings) -> _ImageInputs:
+    """Pick txt2img / img2img / inpaint / ControlNet on the loaded weights; open the images.
+
+    - ``src`` a JSON file (the host's inpainting endpoint): inpainting with its image and
+      mask (``ref_images = [image, mask]`` as fallback), on the loaded pipeline when it is
+      an inpainting one, else on its inpainting variant (``from_pipe``, same weights).
+    - a ControlNet pipeline: ``src`` (else ``ref_images[0]``) is the control image; a
+      ControlNet img2img pipeline takes ``src`` as the picture and ``ref_images[0]`` (else
+      ``src``) as the control image.
+    - otherwise ``src`` (else ``ref_images[0]``) makes the request img2img.
+    """
     pipe = loaded.pipe
     sig = call_signature(type(pipe))
     inpaint = media.load_inpaint_inputs(job.src, list(job.ref_images),
@@ -203,7 +240,7 @@ def _select_image_pipeline(loaded: LoadedPipeline, variants: Any, job: ImageJob,
     if inpaint is not None:
         image, mask = inpaint
         target = pipe if sig.accepts("mask_image") else variants.get("inpaint")
-        return target, {"image": image, "mask_image": mask}
+        return _ImageInputs(target, {"image": image, "mask_image": mask}, image, mask)
     source = job.src or (job.ref_images[0] if job.ref_images else "")
     if not source:
         if sig.required_image:
@@ -211,46 +248,109 @@ def _select_image_pipeline(loaded: LoadedPipeline, variants: Any, job: ImageJob,
                 f"the loaded {type(pipe).__name__} needs an input image: send src "
                 "(or ref_images) with the request"
             )
-        return pipe, {}
+        return _ImageInputs(pipe, {})
     field = "src" if job.src else "ref_images[0]"
     image = media.open_image(source, field=field, max_pixels=settings.max_input_pixels)
+    if sig.accepts("control_image"):  # ControlNet img2img: picture + control image
+        control = image
+        if job.src and job.ref_images:
+            control = media.open_image(job.ref_images[0], field="ref_images[0]",
+                                       max_pixels=settings.max_input_pixels)
+        return _ImageInputs(pipe, {"image": image, "control_image": control})
     if sig.accepts("image"):
-        return pipe, {"image": image}
-    return variants.get("img2img"), {"image": image}
+        return _ImageInputs(pipe, {"image": image})
+    return _ImageInputs(variants.get("img2img"), {"image": image})
+
+
+def _inpaint_size(width: int, height: int, image: Any, pipe: Any) -> tuple[int, int]:
+    """Without a requested size, inpaint at the picture's own size (snapped down)."""
+    if width and height:
+        return width, height
+    multiple = size_multiple(pipe)
+    snap_w = max(multiple, image.width - image.width % multiple)
+    snap_h = max(multiple, image.height - image.height % multiple)
+    return width or snap_w, height or snap_h
+
+
+def paste_outside_mask(result: Any, original: Any, mask: Any) -> Any:
+    """Keep the original picture wherever the mask is black; blend along a soft edge.
+
+    Diffusers' inpainting runs the whole picture through the VAE, which changes pixels the
+    mask does not cover (a little for a real VAE; completely for a random one, and always
+    for a 4-channel UNet that only blends latents). Compositing afterwards, with the mask
+    as alpha (white = repainted), makes every pixel outside the mask the original pixel,
+    exactly. Image and mask are resized (Lanczos / bilinear) to the result's size first
+    when the request asked for another size.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if original.size != result.size:
+        original = original.resize(result.size, Image.Resampling.LANCZOS)
+    if mask.size != result.size:
+        mask = mask.resize(result.size, Image.Resampling.BILINEAR)
+    alpha = np.asarray(mask.convert("L"), dtype=np.float32)[:, :, None] / 255.0
+    base = np.asarray(original.convert("RGB"), dtype=np.float32)
+    painted = np.asarray(result.convert("RGB"), dtype=np.float32)
+    mixed = base * (1.0 - alpha) + painted * alpha
+    return Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8), "RGB")
 
 
 def run_image(loaded: LoadedPipeline, variants: Any, job: ImageJob, settings: Settings,
               is_cancelled: IsCancelled) -> str:
-    """Validate, run one image generation and write the PNG; return the reply message."""
+    """Validate, run one image generation and write the PNG; return the reply message.
+
+    Precedence: the request's own values (steps, size, seed, CLIP skip) win over the
+    model's load-time defaults (Options, Seed, CLIPSkip); CFGScale and the call options
+    apply to every call. EnableParameters drops the request fields it does not list.
+    """
     check_steps(job.steps, settings)
     width, height, note = check_size(job.width, job.height, loaded.pipe, settings)
     media.check_output_path(job.dst)
-    pipe, image_kwargs = _select_image_pipeline(loaded, variants, job, settings)
+    inputs = _select_image_pipeline(loaded, variants, job, settings)
+    pipe = inputs.pipe
     sig = call_signature(type(pipe))
-    seed = pick_seed(job.seed)
-    steps = _steps(job.steps, loaded)
-    clip_skip = prompts.effective_clip_skip(job.clip_skip, loaded.spec.clip_skip)
+    enabled = _enabled(job.enable_parameters)
+    seed = pick_seed(job.seed, loaded.spec.seed)
+    steps = _steps(job.steps if _allowed(enabled, "num_inference_steps") else 0, loaded)
+    negative = job.negative_prompt if _allowed(enabled, "negative_prompt") else ""
+    clip_skip = 0
+    if _allowed(enabled, "clip_skip"):
+        clip_skip = prompts.effective_clip_skip(job.clip_skip, loaded.spec.clip_skip)
+    if inputs.original is not None:
+        width, height = _inpaint_size(width, height, inputs.original, pipe)
     kwargs: dict[str, Any] = _defaults(loaded, sig)
-    if "image" in image_kwargs and "mask_image" not in image_kwargs and sig.accepts("strength"):
+    if inputs.original is None and "image" in inputs.kwargs and sig.accepts("strength"):
         kwargs.setdefault("strength", DEFAULT_IMG2IMG_STRENGTH)
-    kwargs.update(image_kwargs)
+    kwargs.update(inputs.kwargs)
     kwargs.update(
-        prompts.build_prompt_kwargs(pipe, job.prompt, job.negative_prompt,
+        prompts.build_prompt_kwargs(pipe, job.prompt, negative,
                                     use_compel=settings.compel, clip_skip=clip_skip,
                                     clip_skip_enabled=settings.clip_skip_enabled)
     )
-    kwargs.update(num_inference_steps=steps, width=width or None, height=height or None,
-                  generator=make_generator(seed))
+    kwargs.update(num_inference_steps=steps, generator=make_generator(seed))
+    kwargs.update(_size_kwargs(width, height))
     if sig.accepts("callback_on_step_end"):
         kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)
-    call = _filter(kwargs, sig, _enabled(job.enable_parameters))
+    call = _filter(kwargs, sig, enabled)
+    strength = call.get("strength")
+    if (isinstance(strength, (int, float)) and 0 < strength <= 1
+            and int(call.get("num_inference_steps", 0) * strength) < 1):
+        # img2img denoises only steps*strength steps; 0 would crash inside diffusers.
+        steps = call["num_inference_steps"] = -int(-1 // strength)
+        note = "; ".join(x for x in (note, f"steps raised to {steps} so that strength "
+                                     f"{strength} runs at least one denoising step") if x)
     if is_cancelled():
         raise Cancelled("request cancelled by the client before it started")
     result = pipe(**call)
     image = result.images[0]
+    if inputs.original is not None:
+        image = paste_outside_mask(image, inputs.original, inputs.mask)
     media.write_png_atomic(image, job.dst)
     parts = [f"image written to {job.dst}", f"seed={seed}", f"{image.width}x{image.height}",
              f"steps={steps}"]
+    if inputs.original is not None:
+        parts.append(f"inpainted with {type(pipe).__name__}")
     if note:
         parts.append(note)
     return "; ".join(parts)
@@ -266,6 +366,20 @@ def _typed_params(params: dict[str, str], sig: CallSignature, cls_name: str) -> 
             )
         out[key] = parse_option_value(raw)
     return out
+
+
+def _first_video(frames: Any) -> Any:
+    """The first video of a pipeline result, as a list of PIL images or an (F, H, W, C) array.
+
+    Pipelines return a list (per prompt) of PIL lists, a (B, F, H, W, C) numpy array, or
+    with ``output_type: pt`` a (B, F, C, H, W) tensor.
+    """
+    video = frames[0]
+    if hasattr(video, "detach"):  # a torch tensor
+        video = video.detach().float().cpu().numpy()
+        if video.ndim == 4 and video.shape[1] in (1, 3, 4) and video.shape[-1] not in (1, 3, 4):
+            video = video.transpose(0, 2, 3, 1)
+    return video
 
 
 def run_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings,
@@ -304,17 +418,17 @@ def run_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings,
                                                   use_compel=False, clip_skip=0))
     if job.cfg_scale > 0:
         kwargs["guidance_scale"] = job.cfg_scale
-    seed = pick_seed(job.seed)
+    seed = pick_seed(job.seed, loaded.spec.seed)
     kwargs.update(num_inference_steps=_steps(job.steps, loaded), num_frames=frames,
-                  width=width or None, height=height or None, generator=make_generator(seed),
-                  decode_chunk_size=settings.chunk_size)
+                  generator=make_generator(seed), decode_chunk_size=settings.chunk_size)
+    kwargs.update(_size_kwargs(width, height))
     if sig.accepts("fps"):
         kwargs["fps"] = fps
     if sig.accepts("callback_on_step_end"):
         kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)
     kwargs.update(_typed_params(job.params, sig, type(pipe).__name__))
     result = pipe(**_filter(kwargs, sig, None))
-    video = result.frames[0]
+    video = _first_video(result.frames)
     media.write_video_atomic(video, job.dst, fps)
     parts = [f"video written to {job.dst}", f"seed={seed}", f"frames={len(video)}",
              f"fps={fps}"]
@@ -349,7 +463,7 @@ def run_upscale(loaded: LoadedPipeline | None, job: UpscaleJob, settings: Settin
         sig = call_signature(type(pipe))
         kwargs: dict[str, Any] = {"prompt": "", "image": image,
                                   "num_inference_steps": _steps(0, loaded),
-                                  "generator": make_generator(pick_seed(0))}
+                                  "generator": make_generator(pick_seed(0, loaded.spec.seed))}
         kwargs.update(_defaults(loaded, sig))
         if sig.accepts("callback_on_step_end"):
             kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)

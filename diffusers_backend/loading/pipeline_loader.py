@@ -76,6 +76,14 @@ def _has_safetensors(folder: Path) -> bool:
     return any(folder.glob("*/*.safetensors")) or any(folder.glob("*.safetensors"))
 
 
+def _local_or_hub(reference: str, model_path: str) -> str:
+    """A ``config``/``original_config`` value: a path (relative to ModelPath) or a Hub id."""
+    path = Path(reference).expanduser()
+    if not path.is_absolute() and model_path and (Path(model_path) / path).exists():
+        return str(Path(model_path) / path)
+    return str(path) if path.exists() else reference
+
+
 def build_load_kwargs(spec: LoadSpec, ref: ModelRef, settings: Settings, dtype: Any,
                       device: str) -> dict[str, Any]:
     """Keyword arguments for from_pretrained/from_single_file, with safety checks applied."""
@@ -84,6 +92,9 @@ def build_load_kwargs(spec: LoadSpec, ref: ModelRef, settings: Settings, dtype: 
     for key in _PASS_THROUGH_LOAD_KEYS:
         if key in load_options:
             kwargs[key] = load_options[key]
+    for key in ("config", "original_config"):
+        if isinstance(kwargs.get(key), str):
+            kwargs[key] = _local_or_hub(kwargs[key], spec.model_path)
     kwargs.update(spec.engine_args)
     for key in REMOTE_CODE_KEYS:
         if (load_options.get(key) or kwargs.get(key)) and not settings.allow_remote_code:
@@ -181,8 +192,12 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     except Exception as exc:  # noqa: BLE001 - any library failure, reported with context
         log.exception("loading %s as %s failed", ref.location, cls.__name__)
         hint = ""
-        if ref.kind is RefKind.HUB and "offline" in str(exc).lower():
+        offline = any(w in str(exc).lower() for w in ("offline", "outgoing traffic"))
+        if ref.kind is RefKind.HUB and offline:
             hint = " (HF_HUB_OFFLINE is set and the model is not in the local cache)"
+        elif ref.kind is RefKind.SINGLE_FILE and "config" not in kwargs:
+            hint = (" (a single-file checkpoint needs its pipeline config: add the option "
+                    "config:<diffusers folder or Hub id of the same architecture>)")
         raise LoadError(
             f"could not load {ref.location} as {cls.__name__}: {_first_line(exc)}{hint}"
         ) from exc
@@ -195,6 +210,11 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     pipe = _as_task_variant(pipe, spec, controlnet)
     lora_names = adapters.load_loras(pipe, spec)
     description = placement.apply_memory_modes(pipe, spec, settings, device)
+    scheduler = getattr(pipe, "scheduler", None)
+    if spec.scheduler_type and scheduler is not None:
+        karras = bool(getattr(scheduler.config, "use_karras_sigmas", False))
+        description += (f", scheduler {spec.scheduler_type} = {type(scheduler).__name__}"
+                        + (" (karras)" if karras else ""))
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     elapsed = time.perf_counter() - started

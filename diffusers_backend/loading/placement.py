@@ -49,7 +49,19 @@ def _truthy(options: dict[str, Any], *keys: str) -> bool:
 
 
 def apply_memory_modes(pipe: Any, spec: LoadSpec, settings: Settings, device: str) -> str:
-    """Place the pipeline and apply memory options; return a short description for logs."""
+    """Place the pipeline and apply memory options; return a short description for logs.
+
+    - ``LowVRAM`` / options ``cpu_offload``, ``model_cpu_offload``: model CPU offload
+      (whole components move to the GPU in turn). Needs a GPU (cuda/xpu); elsewhere a
+      no-op with a log line.
+    - options ``sequential_cpu_offload``: layer-by-layer offload, slowest and leanest.
+      Needs a GPU; elsewhere a no-op with a log line. Both are off with
+      ``DISABLE_CPU_OFFLOAD=1``.
+    - options ``attention_slicing``, ``vae_slicing``, ``vae_tiling``: applied on every
+      device (they save memory on CPU too), and named in the "loaded ..." log line.
+    - option ``attention_backend``: ``set_attention_backend`` on the UNet/transformer
+      (e.g. ``flash``, ``native``); which backends work depends on the device.
+    """
     opts = spec.load_options
     notes: list[str] = []
     on_gpu = device in {"cuda", "xpu"}
@@ -99,7 +111,10 @@ def apply_memory_modes(pipe: Any, spec: LoadSpec, settings: Settings, device: st
 
 
 def device_map_kwargs(spec: LoadSpec, device: str) -> dict[str, Any]:
-    """``TensorParallelSize > 1`` spreads the pipeline over the GPUs with a device map."""
+    """``TensorParallelSize > 1`` spreads the pipeline over the GPUs with a device map.
+
+    Needs two or more CUDA GPUs; otherwise a no-op with a log line.
+    """
     if spec.tensor_parallel_size <= 1:
         return {}
     if device != "cuda":

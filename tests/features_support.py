@@ -1,0 +1,64 @@
+"""Helpers shared by the ``test_features_*`` modules (not a test module itself).
+
+The feature tests drive a real server through gRPC. Most use the session's shared
+``backend`` server and free the model after each test (``free_after`` below), so one
+server process serves every module; a module that needs other environment variables
+starts its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import BackendProcess, backend_pb2
+from PIL import Image
+
+
+def pixels(path: str | Path) -> np.ndarray:
+    """An image file as an int16 HxWx3 array (so differences do not wrap)."""
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def mean_diff(a: str | Path, b: str | Path) -> float:
+    return float(np.abs(pixels(a) - pixels(b)).mean())
+
+
+def same(a: str | Path, b: str | Path) -> bool:
+    return bool(np.array_equal(pixels(a), pixels(b)))
+
+
+def load_ok(server: BackendProcess, model, **fields) -> backend_pb2.Result:
+    result = server.load(model, **fields)
+    assert result.success, result.message
+    return result
+
+
+def free(server: BackendProcess) -> None:
+    """Free the model, if a LoadModel has run on this server (loaded or failed)."""
+    if server.status().state == backend_pb2.StatusResponse.UNINITIALIZED:
+        return
+    server.stub.Free(backend_pb2.HealthMessage(), timeout=30, metadata=server.metadata)
+
+
+def rpc_error(call) -> grpc.RpcError:
+    """Run ``call`` and return the gRPC error it must raise."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def log_since(server: BackendProcess, offset: int) -> str:
+    return server.log()[offset:]
+
+
+def write_image(path: Path, size=(64, 64), seed: int = 0, color=None) -> Path:
+    """A PNG: a solid colour, or seeded random noise (so every pixel is distinct)."""
+    if color is not None:
+        Image.new("RGB", size, color).save(path)
+    else:
+        rng = np.random.default_rng(seed)
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path

@@ -1,0 +1,40 @@
+"""The request's own knobs win over load-time defaults; CFGScale applies to every call."""
+
+from __future__ import annotations
+
+import pytest
+from features_support import free, load_ok, mean_diff, pixels, same
+
+
+@pytest.fixture(autouse=True)
+def _free_after(backend):
+    yield
+    free(backend)
+
+
+def test_cfg_scale_from_load_model_applies(backend, tiny_sd, tmp_path):
+    for cfg in (1.0, 7.0):
+        load_ok(backend, tiny_sd, CFGScale=cfg)
+        backend.image(tmp_path / f"cfg{cfg}.png", seed=2)
+    assert mean_diff(tmp_path / "cfg1.0.png", tmp_path / "cfg7.0.png") > 0.5
+
+
+def test_request_steps_and_size_win_over_option_defaults(backend, tiny_sd, tmp_path):
+    load_ok(backend, tiny_sd, Options=["num_inference_steps:1", "width:32", "height:32"])
+    reply = backend.image(tmp_path / "defaults.png", step=0, width=0, height=0, seed=2)
+    assert "steps=1" in reply.message
+    assert pixels(tmp_path / "defaults.png").shape == (32, 32, 3)
+    reply = backend.image(tmp_path / "request.png", step=2, width=64, height=48, seed=2)
+    assert "steps=2" in reply.message
+    assert pixels(tmp_path / "request.png").shape == (48, 64, 3)
+
+
+def test_model_seed_is_the_default_and_the_request_seed_wins(backend, tiny_sd, tmp_path):
+    load_ok(backend, tiny_sd, Seed=5)
+    first = backend.image(tmp_path / "a.png", seed=0)
+    second = backend.image(tmp_path / "b.png", seed=0)
+    assert "seed=5" in first.message and "seed=5" in second.message
+    assert same(tmp_path / "a.png", tmp_path / "b.png")
+    own = backend.image(tmp_path / "c.png", seed=7)
+    assert "seed=7" in own.message
+    assert not same(tmp_path / "a.png", tmp_path / "c.png")
