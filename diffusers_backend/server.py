@@ -137,9 +137,13 @@ def warm_imports(done: threading.Event) -> None:
         done.set()
 
 
-def watch_parent(interval: float, on_orphaned) -> None:
-    """Exit when the host that started us is gone (our parent pid changes)."""
-    original = os.getppid()
+def watch_parent(interval: float, on_orphaned, original: int | None = None) -> None:
+    """Exit when the host that started us is gone (our parent pid changes).
+
+    ``original`` is the parent pid read at process start, so a host that dies while we
+    are still starting up is noticed too.
+    """
+    original = os.getppid() if original is None else original
 
     def loop() -> None:
         while True:
@@ -203,6 +207,7 @@ def build_server(settings: Settings, addr: str) -> tuple[grpc.Server, Any, threa
 
 def serve(addr: str) -> int:
     """Run the backend until SIGTERM/SIGINT or until orphaned; return the exit code."""
+    parent_pid = os.getppid()  # read first: the host may die while we start up
     configure_logging()
     try:
         settings = load_settings()
@@ -238,7 +243,7 @@ def serve(addr: str) -> int:
         signal.signal(sig, lambda signum, _frame: threading.Thread(
             target=shutdown, args=(signal.Signals(signum).name,), daemon=True).start())
     if settings.parent_watch:
-        watch_parent(settings.parent_watch_interval, lambda: shutdown("orphaned"))
+        watch_parent(settings.parent_watch_interval, lambda: shutdown("orphaned"), parent_pid)
     server.wait_for_termination()
     log.info("stopped")
     return 0
