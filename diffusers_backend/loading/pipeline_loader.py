@@ -191,13 +191,17 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
         raise
     except Exception as exc:  # noqa: BLE001 - any library failure, reported with context
         log.exception("loading %s as %s failed", ref.location, cls.__name__)
-        hint = ""
         offline = any(w in str(exc).lower() for w in ("offline", "outgoing traffic"))
+        if ref.kind is RefKind.SINGLE_FILE and "config" not in kwargs and offline:
+            raise LoadError(
+                f"could not load {ref.location} as {cls.__name__}: a single-file checkpoint "
+                "needs its pipeline config and the Hub is offline; add the option "
+                "config:<diffusers folder (or Hub id) of the same architecture> "
+                f"({_first_line(exc)})"
+            ) from exc
+        hint = ""
         if ref.kind is RefKind.HUB and offline:
             hint = " (HF_HUB_OFFLINE is set and the model is not in the local cache)"
-        elif ref.kind is RefKind.SINGLE_FILE and "config" not in kwargs:
-            hint = (" (a single-file checkpoint needs its pipeline config: add the option "
-                    "config:<diffusers folder or Hub id of the same architecture>)")
         raise LoadError(
             f"could not load {ref.location} as {cls.__name__}: {_first_line(exc)}{hint}"
         ) from exc

@@ -1,0 +1,69 @@
+"""GenerateVideo end to end: a text-to-video pipeline (TextToVideoSDPipeline from its
+model_index, no PipelineType) and Stable Video Diffusion (image to video) write real MP4s."""
+
+from __future__ import annotations
+
+import grpc
+import imageio.v3 as iio
+import pytest
+from conftest import backend_pb2
+from features_support import free, load_ok, rpc_error, write_image
+from tiny_models import tiny_svd_path, tiny_text_to_video_path
+
+
+@pytest.fixture(autouse=True)
+def _free_after(backend):
+    yield
+    free(backend)
+
+
+def video(server, dst, **fields):
+    fields.setdefault("width", 64)
+    fields.setdefault("height", 64)
+    fields.setdefault("step", 2)
+    fields.setdefault("seed", 1)
+    request = backend_pb2.GenerateVideoRequest(dst=str(dst), **fields)
+    return server.stub.GenerateVideo(request, timeout=180, metadata=server.metadata)
+
+
+def read_video(path):
+    frames = iio.imread(path)
+    return frames, iio.immeta(path)
+
+
+def test_text_to_video_writes_an_mp4(backend, tmp_path):
+    result = load_ok(backend, tiny_text_to_video_path())
+    assert "TextToVideoSDPipeline" in result.message
+    dst = tmp_path / "clip.mp4"
+    reply = video(backend, dst, prompt="a cat", num_frames=4, fps=5)
+    assert "frames=4" in reply.message and "fps=5" in reply.message
+    frames, meta = read_video(dst)
+    assert frames.shape == (4, 64, 64, 3)
+    assert meta["fps"] == 5
+    assert frames.std() > 0
+
+
+def test_stable_video_diffusion_with_a_start_image(backend, tmp_path):
+    load_ok(backend, tiny_svd_path())
+    start = write_image(tmp_path / "start.png", seed=2)
+    dst = tmp_path / "svd.mp4"
+    reply = video(backend, dst, prompt="ignored by SVD", start_image=str(start),
+                  num_frames=3, fps=6)
+    assert "frames=3" in reply.message
+    frames, meta = read_video(dst)
+    assert frames.shape == (3, 64, 64, 3)
+    assert meta["fps"] == 6
+
+
+def test_stable_video_diffusion_without_start_image_is_invalid_argument(backend, tmp_path):
+    load_ok(backend, tiny_svd_path())
+    error = rpc_error(lambda: video(backend, tmp_path / "x.mp4", num_frames=3))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "start_image" in error.details()
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_video_on_an_image_model_is_failed_precondition(backend, tiny_sd, tmp_path):
+    load_ok(backend, tiny_sd)
+    error = rpc_error(lambda: video(backend, tmp_path / "x.mp4", num_frames=3))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
