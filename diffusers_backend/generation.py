@@ -206,6 +206,12 @@ def _size_kwargs(width: int, height: int) -> dict[str, int]:
     return {k: v for k, v in (("width", width), ("height", height)) if v}
 
 
+def _option_int(loaded: LoadedPipeline, key: str) -> int:
+    """A whole-number call option (``width:768``), or 0; other types are left to the call."""
+    value = loaded.spec.call_options.get(key, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def _steps(job_steps: int, loaded: LoadedPipeline) -> int:
     return job_steps or int(loaded.spec.call_options.get("num_inference_steps", DEFAULT_STEPS))
 
@@ -305,7 +311,9 @@ def run_image(loaded: LoadedPipeline, variants: Any, job: ImageJob, settings: Se
     apply to every call. EnableParameters drops the request fields it does not list.
     """
     check_steps(job.steps, settings)
-    width, height, note = check_size(job.width, job.height, loaded.pipe, settings)
+    width, height, note = check_size(job.width or _option_int(loaded, "width"),
+                                     job.height or _option_int(loaded, "height"),
+                                     loaded.pipe, settings)
     media.check_output_path(job.dst)
     inputs = _select_image_pipeline(loaded, variants, job, settings)
     pipe = inputs.pipe

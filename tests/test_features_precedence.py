@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
-from features_support import free, load_ok, mean_diff, pixels, same
+from features_support import free, load_ok, mean_diff, pixels, rpc_error, same
 
 
 @pytest.fixture(autouse=True)
@@ -38,3 +39,10 @@ def test_model_seed_is_the_default_and_the_request_seed_wins(backend, tiny_sd, t
     own = backend.image(tmp_path / "c.png", seed=7)
     assert "seed=7" in own.message
     assert not same(tmp_path / "a.png", tmp_path / "c.png")
+
+
+def test_size_option_is_held_to_the_pixel_limit(backend, tiny_sd, tmp_path):
+    load_ok(backend, tiny_sd, Options=["width:100000", "height:100000"])
+    error = rpc_error(lambda: backend.image(tmp_path / "x.png", width=0, height=0))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "limit" in error.details()
