@@ -246,6 +246,11 @@ def _select_image_pipeline(loaded: LoadedPipeline, variants: Any, job: ImageJob,
     if inpaint is not None:
         image, mask = inpaint
         target = pipe if sig.accepts("mask_image") else variants.get("inpaint")
+        if call_signature(type(target)).accepts("control_image"):
+            raise FailedPrecondition(
+                f"inpainting is not available with a ControlNet model loaded "
+                f"({type(pipe).__name__}); load the model without control_net to inpaint"
+            )
         return _ImageInputs(target, {"image": image, "mask_image": mask}, image, mask)
     source = job.src or (job.ref_images[0] if job.ref_images else "")
     if not source:
@@ -330,6 +335,9 @@ def run_image(loaded: LoadedPipeline, variants: Any, job: ImageJob, settings: Se
     kwargs: dict[str, Any] = _defaults(loaded, sig)
     if inputs.original is None and "image" in inputs.kwargs and sig.accepts("strength"):
         kwargs.setdefault("strength", DEFAULT_IMG2IMG_STRENGTH)
+        if width and height and not sig.accepts("width"):
+            # img2img pipelines take their size from the picture: resize it to the request's.
+            inputs.kwargs["image"] = _resized(inputs.kwargs["image"], width, height)
     kwargs.update(inputs.kwargs)
     kwargs.update(
         prompts.build_prompt_kwargs(pipe, job.prompt, negative,
@@ -364,9 +372,29 @@ def run_image(loaded: LoadedPipeline, variants: Any, job: ImageJob, settings: Se
     return "; ".join(parts)
 
 
+def _resized(image: Any, width: int, height: int) -> Any:
+    from PIL import Image
+
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+# Video request fields validated on their own; ``params`` may not bypass those checks.
+_VALIDATED_VIDEO_KEYS = frozenset({
+    "num_frames", "width", "height", "num_inference_steps", "fps", "image", "last_image",
+    "generator", "callback_on_step_end", "output_type", "return_dict",
+})
+
+
 def _typed_params(params: dict[str, str], sig: CallSignature, cls_name: str) -> dict[str, Any]:
     out = {}
     for key, raw in params.items():
+        if key in _VALIDATED_VIDEO_KEYS:
+            raise InvalidArgument(
+                f"params key {key!r} is set by the request's own fields (num_frames, width, "
+                "height, step, fps, start_image, end_image), not through params"
+            )
         if not sig.accepts(key):
             raise InvalidArgument(
                 f"params key {key!r} is not accepted by {cls_name}; accepted: "
@@ -425,7 +453,9 @@ def run_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings,
         kwargs.update(prompts.build_prompt_kwargs(pipe, job.prompt, job.negative_prompt,
                                                   use_compel=False, clip_skip=0))
     if job.cfg_scale > 0:
-        kwargs["guidance_scale"] = job.cfg_scale
+        # SVD-style pipelines ramp guidance between a min and a max instead.
+        key = "max_guidance_scale" if sig.accepts("max_guidance_scale") else "guidance_scale"
+        kwargs[key] = job.cfg_scale
     seed = pick_seed(job.seed, loaded.spec.seed)
     kwargs.update(num_inference_steps=_steps(job.steps, loaded), num_frames=frames,
                   generator=make_generator(seed), decode_chunk_size=settings.chunk_size)

@@ -46,8 +46,24 @@ def test_missing_control_image_is_invalid_argument(controlnet_backend, tmp_path)
     assert "ControlNet" in error.details() and "src" in error.details()
 
 
+def test_inpainting_with_a_controlnet_model_is_failed_precondition(controlnet_backend, controls,
+                                                                  tmp_path):
+    import base64
+    import json
+
+    white, black, _ = controls
+    request = tmp_path / "inpaint.json"
+    request.write_text(json.dumps({"image": base64.b64encode(white.read_bytes()).decode(),
+                                   "mask_image": base64.b64encode(black.read_bytes()).decode()}))
+    error = rpc_error(lambda: controlnet_backend.image(tmp_path / "x.png", src=str(request)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "control_net" in error.details()
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_controlnet_relative_to_model_path_and_missing(backend, tiny_sd, tmp_path):
     load_ok(backend, tiny_sd, ModelPath=str(fixture_dir()), ControlNet="tiny-controlnet")
     result = backend.load(tiny_sd, ModelPath=str(tmp_path), ControlNet="no-such-controlnet")
     assert not result.success and "no-such-controlnet" in result.message
     free(backend)
+

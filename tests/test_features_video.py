@@ -67,3 +67,23 @@ def test_video_on_an_image_model_is_failed_precondition(backend, tiny_sd, tmp_pa
     load_ok(backend, tiny_sd)
     error = rpc_error(lambda: video(backend, tmp_path / "x.mp4", num_frames=3))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.mark.parametrize("key", ["num_frames", "width", "num_inference_steps"])
+def test_params_cannot_bypass_validated_fields(backend, tmp_path, key):
+    load_ok(backend, tiny_text_to_video_path())
+    error = rpc_error(lambda: video(backend, tmp_path / "x.mp4", num_frames=2,
+                                    params={key: "100000"}))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert key in error.details()
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_svd_cfg_scale_steers_the_guidance(backend, tmp_path):
+    """SVD has no guidance_scale; cfg_scale becomes its max_guidance_scale."""
+    load_ok(backend, tiny_svd_path())
+    start = write_image(tmp_path / "start.png", seed=2)
+    low, high = tmp_path / "low.mp4", tmp_path / "high.mp4"
+    video(backend, low, start_image=str(start), num_frames=2, cfg_scale=1.0, step=2)
+    video(backend, high, start_image=str(start), num_frames=2, cfg_scale=9.0, step=2)
+    assert abs(read_video(low)[0].astype(float) - read_video(high)[0].astype(float)).mean() > 0

@@ -177,3 +177,11 @@ def test_malformed_env_var_stops_start_up_naming_it(name, value):
     )
     assert proc.returncode == 2
     assert name in proc.stderr
+
+
+def test_img2img_output_takes_the_requested_size(loaded_backend, tmp_path):
+    src = _source_image(tmp_path / "src.png")  # 64x64
+    result = loaded_backend.image(tmp_path / "wide.png", seed=3, src=str(src), width=64,
+                                  height=32)
+    assert result.success
+    assert Image.open(tmp_path / "wide.png").size == (64, 32)
