@@ -127,9 +127,15 @@ def warm_imports(done: threading.Event) -> None:
         import torch  # noqa: F401
         from diffusers import DiffusionPipeline  # noqa: F401 - resolves the lazy module
 
-        import diffusers_dynamic_loader  # noqa: F401
+        # What every LoadModel needs next: the AutoPipeline tables (they pull in the SD, SDXL
+        # and Flux classes and their text encoders) and the pipeline registry.
+        from diffusers.pipelines import auto_pipeline  # noqa: F401
+
+        import diffusers_dynamic_loader
 
         from . import generation  # noqa: F401
+
+        diffusers_dynamic_loader.get_available_pipelines()
     except Exception:  # noqa: BLE001 - logged; LoadModel reports the import error itself
         log.exception("importing torch/diffusers failed")
     finally:
@@ -156,7 +162,7 @@ def watch_parent(interval: float, on_orphaned, original: int | None = None) -> N
     threading.Thread(target=loop, name="parent-watch", daemon=True).start()
 
 
-def build_server(settings: Settings, addr: str) -> tuple[grpc.Server, Any, threading.Event]:
+def build_server(settings: Settings, addr: str) -> tuple[grpc.Server, Any, threading.Event, Any]:
     """Create (not start) the server with every service registered."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
@@ -202,7 +208,7 @@ def build_server(settings: Settings, addr: str) -> tuple[grpc.Server, Any, threa
     )
     if server.add_insecure_port(addr) == 0:
         raise OSError(f"cannot listen on {addr}")
-    return server, runtime, imports_ready
+    return server, runtime, imports_ready, health_servicer
 
 
 def serve(addr: str) -> int:
@@ -215,7 +221,7 @@ def serve(addr: str) -> int:
         print(f"diffusers backend: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        server, runtime, imports_ready = build_server(settings, addr)
+        server, runtime, imports_ready, health_servicer = build_server(settings, addr)
     except (OSError, RuntimeError) as exc:
         print(f"diffusers backend: {exc}", file=sys.stderr)
         return 1
@@ -237,6 +243,7 @@ def serve(addr: str) -> int:
         log.info("%s: finishing running requests (up to %.0fs), then exiting",
                  reason, settings.shutdown_grace)
         runtime.close()
+        health_servicer.enter_graceful_shutdown()  # grpc health: NOT_SERVING from now on
         server.stop(settings.shutdown_grace)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
