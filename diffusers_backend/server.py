@@ -32,8 +32,7 @@ CONTROL_METHODS = frozenset({
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def configure_logging() -> None:
-    level = os.environ.get("DIFFUSERS_LOG_LEVEL", "INFO").upper()
+def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -214,12 +213,12 @@ def build_server(settings: Settings, addr: str) -> tuple[grpc.Server, Any, threa
 def serve(addr: str) -> int:
     """Run the backend until SIGTERM/SIGINT or until orphaned; return the exit code."""
     parent_pid = os.getppid()  # read first: the host may die while we start up
-    configure_logging()
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"diffusers backend: configuration error: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level)
     try:
         server, runtime, imports_ready, health_servicer = build_server(settings, addr)
     except (OSError, RuntimeError) as exc:

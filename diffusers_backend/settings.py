@@ -32,6 +32,7 @@ class Settings:
     frames: int = 64  # FRAMES: default number of video frames
     bfl_repo: str = "ChuckMcSneed/FLUX.1-dev"  # BFL_REPO: Flux base repo (quantized loads)
     max_workers: int = 1  # PYTHON_GRPC_MAX_WORKERS: gRPC thread pool size
+    log_level: str = "INFO"  # DIFFUSERS_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR
     max_queue: int = 32  # DIFFUSERS_MAX_QUEUE: extra threads so queued requests are validated
     auth_token: str = ""  # LOCALAI_GRPC_AUTH_TOKEN: bearer token required when set
     parent_watch: bool = True  # LOCALAI_BACKEND_PARENT_WATCH: exit when orphaned
@@ -92,6 +93,15 @@ def parse_duration(name: str, raw: str) -> float:
     return value
 
 
+def _log_level(env: Mapping[str, str]) -> str:
+    raw = env.get("DIFFUSERS_LOG_LEVEL", "").strip().upper() or "INFO"
+    if raw not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise SettingsError(
+            f"DIFFUSERS_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {raw!r}"
+        )
+    return raw
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default ``os.environ``); raise on bad values."""
     env = os.environ if env is None else env
@@ -109,6 +119,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bfl_repo=env.get("BFL_REPO", "").strip() or "ChuckMcSneed/FLUX.1-dev",
         max_workers=_int(env, "PYTHON_GRPC_MAX_WORKERS", 1, minimum=1),
         max_queue=_int(env, "DIFFUSERS_MAX_QUEUE", 32, minimum=0),
+        log_level=_log_level(env),
         auth_token=env.get("LOCALAI_GRPC_AUTH_TOKEN", "").strip(),
         parent_watch=_bool(env, "LOCALAI_BACKEND_PARENT_WATCH", True),
         parent_watch_interval=(

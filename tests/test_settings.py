@@ -1,0 +1,69 @@
+"""Settings: every environment variable, its documented default, and clear refusals."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from diffusers_backend.settings import Settings, SettingsError, load_settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_defaults_match_the_seed_variables():
+    settings = load_settings({})
+    assert settings == Settings()
+    assert (settings.compel, settings.xpu, settings.clip_skip_enabled) == (False, False, True)
+    assert (settings.safetensors_only, settings.chunk_size, settings.fps) == (True, 8, 7)
+    assert (settings.disable_cpu_offload, settings.frames) == (False, 64)
+    assert settings.bfl_repo == "ChuckMcSneed/FLUX.1-dev"
+    assert settings.max_workers == 1
+    assert settings.parent_watch and settings.parent_watch_interval == 2.0
+
+
+def test_every_variable_read_is_documented_in_the_readme():
+    source = (Path(__file__).resolve().parent.parent / "diffusers_backend/settings.py").read_text()
+    names = set(re.findall(r'env(?:\.get\(|, )"([A-Z][A-Z0-9_]{2,})"', source))
+    assert len(names) >= 20
+    readme = README.read_text()
+    missing = sorted(n for n in names if f"`{n}`" not in readme)
+    assert not missing, f"not in the README's table: {missing}"
+
+
+@pytest.mark.parametrize("raw,expected", [("1", True), ("true", True), ("YES", True),
+                                          ("on", True), ("0", False), ("false", False),
+                                          ("no", False), ("off", False), ("", False)])
+def test_booleans_accept_the_usual_spellings(raw, expected):
+    assert load_settings({"COMPEL": raw}).compel is expected
+
+
+@pytest.mark.parametrize("raw,seconds", [("500ms", 0.5), ("2s", 2.0), ("3", 3.0), ("1m", 60.0)])
+def test_parent_watch_interval_durations(raw, seconds):
+    assert load_settings({"LOCALAI_BACKEND_PARENT_WATCH_INTERVAL": raw}).parent_watch_interval \
+        == seconds
+
+
+@pytest.mark.parametrize("name,value", [
+    ("COMPEL", "maybe"), ("CHUNK_SIZE", "eight"), ("FRAMES", "0"), ("FPS", "-1"),
+    ("PYTHON_GRPC_MAX_WORKERS", "0"), ("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", "soon"),
+    ("DIFFUSERS_MAX_PIXELS", "big"), ("DIFFUSERS_LOG_LEVEL", "LOUD"),
+    ("DIFFUSERS_SHUTDOWN_GRACE", "-5"),
+])
+def test_malformed_values_name_the_variable(name, value):
+    with pytest.raises(SettingsError) as err:
+        load_settings({name: value})
+    assert name in str(err.value)
+    assert value in str(err.value) or "at least" in str(err.value)
+
+
+def test_parent_watch_can_be_switched_off():
+    for falsey in ("false", "0", "no", "off"):
+        assert load_settings({"LOCALAI_BACKEND_PARENT_WATCH": falsey}).parent_watch is False
+
+
+def test_repr_never_shows_the_auth_token():
+    settings = load_settings({"LOCALAI_GRPC_AUTH_TOKEN": "s3cret-token"})
+    assert settings.auth_token == "s3cret-token"
+    assert "s3cret-token" not in repr(settings)
