@@ -307,9 +307,39 @@ def paste_outside_mask(result: Any, original: Any, mask: Any) -> Any:
     return Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8), "RGB")
 
 
-def run_image(loaded: LoadedPipeline, variants: Any, job: ImageJob, settings: Settings,
-              is_cancelled: IsCancelled) -> str:
-    """Validate, run one image generation and write the PNG; return the reply message.
+@dataclass
+class PreparedImage:
+    """One image request turned into a pipeline call, ready to run alone or in a batch."""
+
+    job: ImageJob
+    pipe: Any
+    call: dict[str, Any]
+    seed: int
+    steps: int
+    note: str
+    inputs: _ImageInputs
+
+    def batch_key(self) -> tuple | None:
+        """Requests with equal keys can share one pipeline call; None: run alone.
+
+        Only plain text-to-image calls batch: prompts, negative prompts and generators become
+        per-item lists, so everything else in the call must be equal.
+        """
+        if self.inputs.kwargs or not isinstance(self.call.get("prompt"), str):
+            return None
+        if "num_images_per_prompt" in self.call:
+            return None
+        shared = sorted((k, repr(v)) for k, v in self.call.items()
+                        if k not in _PER_ITEM_KEYS)
+        return (id(self.pipe), "negative_prompt" in self.call, tuple(shared))
+
+
+_PER_ITEM_KEYS = ("prompt", "negative_prompt", "generator")
+
+
+def prepare_image(loaded: LoadedPipeline, variants: Any, job: ImageJob,
+                  settings: Settings) -> PreparedImage:
+    """Validate one image request and build its pipeline call (opening its input images).
 
     Precedence: the request's own values (steps, size, seed, CLIP skip) win over the
     model's load-time defaults (Options, Seed, CLIPSkip); CFGScale and the call options
@@ -346,8 +376,6 @@ def run_image(loaded: LoadedPipeline, variants: Any, job: ImageJob, settings: Se
     )
     kwargs.update(num_inference_steps=steps, generator=make_generator(seed))
     kwargs.update(_size_kwargs(width, height))
-    if sig.accepts("callback_on_step_end"):
-        kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)
     call = _filter(kwargs, sig, enabled)
     strength = call.get("strength")
     if (isinstance(strength, (int, float)) and 0 < strength <= 1
@@ -356,20 +384,45 @@ def run_image(loaded: LoadedPipeline, variants: Any, job: ImageJob, settings: Se
         steps = call["num_inference_steps"] = -int(-1 // strength)
         note = "; ".join(x for x in (note, f"steps raised to {steps} so that strength "
                                      f"{strength} runs at least one denoising step") if x)
-    if is_cancelled():
-        raise Cancelled("request cancelled by the client before it started")
-    result = pipe(**call)
-    image = result.images[0]
+    return PreparedImage(job, pipe, call, seed, steps, note, inputs)
+
+
+def execute_images(batch: list[PreparedImage], is_cancelled: IsCancelled) -> list[Any]:
+    """Run prepared requests (equal batch keys) as one pipeline call; one image each."""
+    first = batch[0]
+    call = dict(first.call)
+    if len(batch) > 1:
+        for key in _PER_ITEM_KEYS:
+            if key in call:
+                call[key] = [item.call[key] for item in batch]
+    if call_signature(type(first.pipe)).accepts("callback_on_step_end"):
+        call["callback_on_step_end"] = cancel_callback(is_cancelled)
+    images = first.pipe(**call).images
+    return list(images[: len(batch)])
+
+
+def finish_image(prepared: PreparedImage, image: Any) -> str:
+    """Write one generated image (inpainting: original pasted back outside the mask)."""
+    inputs, job = prepared.inputs, prepared.job
     if inputs.original is not None:
         image = paste_outside_mask(image, inputs.original, inputs.mask)
     media.write_png_atomic(image, job.dst)
-    parts = [f"image written to {job.dst}", f"seed={seed}", f"{image.width}x{image.height}",
-             f"steps={steps}"]
+    parts = [f"image written to {job.dst}", f"seed={prepared.seed}",
+             f"{image.width}x{image.height}", f"steps={prepared.steps}"]
     if inputs.original is not None:
-        parts.append(f"inpainted with {type(pipe).__name__}")
-    if note:
-        parts.append(note)
+        parts.append(f"inpainted with {type(prepared.pipe).__name__}")
+    if prepared.note:
+        parts.append(prepared.note)
     return "; ".join(parts)
+
+
+def run_image(loaded: LoadedPipeline, variants: Any, job: ImageJob, settings: Settings,
+              is_cancelled: IsCancelled) -> str:
+    """Validate, run one image generation on its own and write the PNG; return the reply."""
+    prepared = prepare_image(loaded, variants, job, settings)
+    if is_cancelled():
+        raise Cancelled("request cancelled by the client before it started")
+    return finish_image(prepared, execute_images([prepared], is_cancelled)[0])
 
 
 def _resized(image: Any, width: int, height: int) -> Any:

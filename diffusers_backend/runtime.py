@@ -1,9 +1,9 @@
 """The loaded model and everything that touches it: state, locking, variants, Free.
 
-One lock serialises pipeline calls (a diffusers pipeline keeps per-call state in its
-scheduler, so two calls on one pipeline would race). Loading happens outside that lock
-and swaps the new model in under it, so a failed load keeps the old model serving and a
-load never frees weights under a running generation.
+Pipeline calls run on one worker thread (``work_queue``), under one lock: a diffusers
+pipeline keeps per-call state in its scheduler, so two calls on one pipeline would race.
+Loading happens outside that lock and swaps the new model in under it, so a failed load
+keeps the old model serving and a load never frees weights under a running generation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
-    Cancelled,
     FailedPrecondition,
     InvalidArgument,
     LoadError,
@@ -27,6 +26,7 @@ from .errors import (
 from .jobs import ImageJob, UpscaleJob, VideoJob
 from .loading.spec import LoadSpec
 from .settings import Settings
+from .work_queue import PipelineWorker, Ticket
 
 if TYPE_CHECKING:
     from .loading.pipeline_loader import LoadedPipeline
@@ -106,6 +106,11 @@ class ModelRuntime:
         self._busy = 0
         self._last_load_failed = False
         self._closing = False
+        self._worker = PipelineWorker(settings, self._pipe_lock, self._snapshot,
+                                      self._release_memory)
+
+    def _snapshot(self) -> tuple[LoadedPipeline | None, Variants | None]:
+        return self._loaded, self._variants
 
     # -- state -------------------------------------------------------------
     @property
@@ -187,16 +192,13 @@ class ModelRuntime:
                 f"the request is for {identity!r}"
             )
 
-    def _run(self, work: Callable[[LoadedPipeline, Variants], str], *,
-             is_cancelled: IsCancelled | None = None,
-             precheck: Callable[[LoadedPipeline], None] | None = None,
-             needs_model: bool = True) -> str:
-        """Run ``work`` on the loaded pipeline, one request at a time.
+    def _run(self, ticket: Ticket, *,
+             precheck: Callable[[LoadedPipeline], None] | None = None) -> str:
+        """Run a ticket on the pipeline worker, one pipeline call at a time.
 
-        Order: shutting down? model loaded? then ``precheck`` (cheap request validation,
-        outside the lock, so a bad request is refused in milliseconds even while another
-        generation runs), then wait for the pipeline lock, then check the client is still
-        there, then the work itself.
+        Order: shutting down? model loaded? then ``precheck`` (cheap request validation in
+        the request's own thread, so a bad request is refused in milliseconds even while
+        another generation runs), then the worker's queue.
         """
         if self._closing:
             raise Unavailable("the backend is shutting down")
@@ -204,24 +206,11 @@ class ModelRuntime:
             self._busy += 1
         try:
             snapshot = self._loaded
-            if needs_model and snapshot is None:
+            if snapshot is None:
                 raise FailedPrecondition("no model is loaded: call LoadModel first")
-            if precheck is not None and snapshot is not None:
+            if precheck is not None:
                 precheck(snapshot)
-            with self._pipe_lock:
-                loaded, variants = self._loaded, self._variants
-                if needs_model and loaded is None:
-                    raise FailedPrecondition("no model is loaded: call LoadModel first")
-                if is_cancelled is not None and is_cancelled():
-                    raise Cancelled("request cancelled by the client while it waited its turn")
-                try:
-                    return work(loaded, variants)  # type: ignore[arg-type]
-                except Exception as exc:
-                    if is_out_of_memory(exc):
-                        log.warning("out of memory; freeing cached memory before the next "
-                                    "request")
-                        self._release_memory()
-                    raise
+            return self._worker.submit(ticket)
         finally:
             with self._state_lock:
                 self._busy -= 1
@@ -260,28 +249,29 @@ class ModelRuntime:
         return check
 
     def generate_image(self, job: ImageJob, is_cancelled: IsCancelled) -> str:
-        from . import generation
-
-        return self._run(lambda loaded, variants: generation.run_image(
-            loaded, variants, job, self.settings, is_cancelled),
-            is_cancelled=is_cancelled, precheck=self._precheck_image(job))
+        return self._run(Ticket(is_cancelled, image_job=job),
+                         precheck=self._precheck_image(job))
 
     def generate_video(self, job: VideoJob, is_cancelled: IsCancelled) -> str:
         from . import generation
 
-        return self._run(lambda loaded, _variants: generation.run_video(
-            loaded, job, self.settings, is_cancelled),
-            is_cancelled=is_cancelled, precheck=self._precheck_video(job))
+        def work(loaded: LoadedPipeline, _variants: Variants) -> str:
+            return generation.run_video(loaded, job, self.settings, is_cancelled)
+
+        return self._run(Ticket(is_cancelled, work=work), precheck=self._precheck_video(job))
 
     def upscale(self, job: UpscaleJob, is_cancelled: IsCancelled) -> str:
         from . import generation
 
         loaded = self._loaded
         if loaded is None or not generation.is_upscaler(loaded.pipe):
-            # The Lanczos path needs no model and no lock.
+            # The Lanczos path needs no model and no pipeline.
             return generation.run_upscale(None, job, self.settings, is_cancelled)
-        return self._run(lambda loaded, _variants: generation.run_upscale(
-            loaded, job, self.settings, is_cancelled), is_cancelled=is_cancelled)
+
+        def work(loaded: LoadedPipeline, _variants: Variants) -> str:
+            return generation.run_upscale(loaded, job, self.settings, is_cancelled)
+
+        return self._run(Ticket(is_cancelled, work=work))
 
     # -- Status ------------------------------------------------------------
     def memory(self) -> tuple[int, dict[str, int]]:

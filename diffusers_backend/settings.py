@@ -32,6 +32,8 @@ class Settings:
     frames: int = 64  # FRAMES: default number of video frames
     bfl_repo: str = "ChuckMcSneed/FLUX.1-dev"  # BFL_REPO: Flux base repo (quantized loads)
     max_workers: int = 1  # PYTHON_GRPC_MAX_WORKERS: gRPC thread pool size
+    max_batch: int = 16  # DIFFUSERS_MAX_BATCH: text-to-image requests sharing one call
+    max_batch_pixels: int = 4 * 1024 * 1024  # DIFFUSERS_MAX_BATCH_PIXELS: pixels per batch
     log_level: str = "INFO"  # DIFFUSERS_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR
     max_queue: int = 32  # DIFFUSERS_MAX_QUEUE: extra threads so queued requests are validated
     auth_token: str = ""  # LOCALAI_GRPC_AUTH_TOKEN: bearer token required when set
@@ -120,6 +122,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_workers=_int(env, "PYTHON_GRPC_MAX_WORKERS", 1, minimum=1),
         max_queue=_int(env, "DIFFUSERS_MAX_QUEUE", 32, minimum=0),
         log_level=_log_level(env),
+        max_batch=_int(env, "DIFFUSERS_MAX_BATCH", 16, minimum=1),
+        max_batch_pixels=_int(env, "DIFFUSERS_MAX_BATCH_PIXELS", 4 * 1024 * 1024, minimum=64),
         auth_token=env.get("LOCALAI_GRPC_AUTH_TOKEN", "").strip(),
         parent_watch=_bool(env, "LOCALAI_BACKEND_PARENT_WATCH", True),
         parent_watch_interval=(

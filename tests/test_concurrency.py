@@ -6,8 +6,10 @@
 * A load test: 16 clients, each with its own channel, send 208 mixed requests (sizes,
   steps, seeds, txt2img and img2img) while another client interleaves Free, LoadModel and
   reloads. The only acceptable failure is FAILED_PRECONDITION in the window with no model
-  (retried); every output is a valid PNG of the requested size and pixel-equal to the same
-  request run alone beforehand.
+  (retried); every output is a valid PNG of the requested size and equal to the same
+  request run alone beforehand, within floating-point noise: queued text-to-image requests
+  are batched into one pipeline call, and a batched matrix product may round differently
+  from a single one, so a pixel may differ by at most 2 of 255 (in practice 0 or 1).
 """
 
 from __future__ import annotations
@@ -212,12 +214,16 @@ def test_load_208_requests_16_clients_with_free_and_reload(server, tiny_sd, tmp_
     assert not unexpected, unexpected[:5]
     assert outcomes["ok"] == CLIENTS * PER_CLIENT
     assert outcomes["Free"] >= 1 and outcomes["LoadModel"] >= 1
+    max_diff = 0
     for spec, dst in written:
         data = dst.read_bytes()
         assert data[:8] == PNG_MAGIC, dst
         image = Image.open(dst)
         assert image.size == (spec.width, spec.height), (dst.name, image.size)
-        assert np.array_equal(pixels(dst), reference[spec.key]), f"{dst.name} differs"
+        diff = np.abs(pixels(dst).astype(np.int16) - reference[spec.key].astype(np.int16))
+        assert diff.max() <= 2, f"{dst.name} differs by {diff.max()} from its sequential run"
+        max_diff = max(max_diff, int(diff.max()))
+    print(f"largest pixel difference from the sequential runs: {max_diff}")
     # Nothing else in the output folder: no temp files, nothing half-written.
     assert sorted(p.name for p in out.iterdir()) == sorted(d.name for _s, d in written)
     assert server.status().state == backend_pb2.StatusResponse.READY
