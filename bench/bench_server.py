@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from conftest import backend_pb2, start_backend  # noqa: E402
 from tiny_models import tiny_sd_path  # noqa: E402
 
-RUNS = 7
+RUNS = 21
 
 
 def median_ms(samples: list[float]) -> float:
@@ -44,21 +44,23 @@ def bench_start(tmp: Path) -> list[float]:
     return times
 
 
-def bench_bare(model: Path, steps: int) -> list[float]:
-    import torch
+def bare_pipeline(model: Path):
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
-    times = []
-    for i in range(RUNS + 1):
-        started = time.perf_counter()
-        image = pipe("a red cube", height=64, width=64, num_inference_steps=steps,
-                     guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(i + 1)
-                     ).images[0]
-        image.save(Path(tempfile.gettempdir()) / "bench-bare.png")
-        times.append(time.perf_counter() - started)
-    return times[1:]  # the first call warms caches
+    return pipe
+
+
+def bare_call(pipe, seed: int, steps: int, dst: Path) -> float:
+    """The same work a served request does, minus the server: generate and save a PNG."""
+    import torch
+
+    started = time.perf_counter()
+    image = pipe("a red cube", height=64, width=64, num_inference_steps=steps,
+                 guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+    image.save(dst)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -73,13 +75,14 @@ def main() -> None:
         result = server.load(model)
         load_s = time.monotonic() - started
         assert result.success, result.message
-        served = []
-        for i in range(RUNS + 1):
+        pipe = bare_pipeline(model)
+        served, bare = [], []
+        for i in range(RUNS + 1):  # interleaved, so drift in machine load hits both alike
             started = time.perf_counter()
             server.image(tmp / "served.png", seed=i + 1, step=2)
             served.append(time.perf_counter() - started)
-        served = served[1:]
-        bare = bench_bare(model, steps=2)
+            bare.append(bare_call(pipe, i + 1, 2, tmp / "bare.png"))
+        served, bare = served[1:], bare[1:]  # the first call of each warms caches
 
         def one(i: int) -> None:
             server.image(tmp / f"c{i}.png", seed=i + 1, step=4)
