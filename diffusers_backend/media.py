@@ -16,7 +16,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -456,6 +456,33 @@ def _publish(tmp: str, dst: Path) -> None:
     _fsync_dir(dst.parent)
 
 
+def _write_atomically(path: Path, suffix: str, write: Callable[[str], None]) -> None:
+    """Let ``write`` fill a hidden temp file beside ``path``, fsync it, rename it onto ``path``.
+
+    Readers see the old file or the complete new one, never a partial one; any failure
+    removes the temp file and leaves an existing ``path`` untouched.
+    """
+    try:
+        fd, tmp = _temp_in(path.parent, path.name, suffix)
+        os.close(fd)
+    except OSError as exc:
+        raise _translate_os_error(exc, path, "dst") from exc
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        _publish(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        translated = _translate_os_error(exc, path, "dst")
+        if translated is exc:
+            raise
+        raise translated from exc
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
 def image_to_png_bytes(image: Image.Image) -> bytes:
     """Encode an image as PNG in memory (for callers that need bytes, not a file)."""
     buf = io.BytesIO()
@@ -471,25 +498,7 @@ def write_png_atomic(image: Image.Image, dst: str) -> None:
     untouched. The format is PNG whatever ``dst``'s ending (the host uses ``*.tmp``).
     """
     path = check_output_path(dst, probe=False)
-    try:
-        fd, tmp = _temp_in(path.parent, path.name, ".partial")
-    except OSError as exc:
-        raise _translate_os_error(exc, path, "dst") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        _publish(tmp, path)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        translated = _translate_os_error(exc, path, "dst")
-        if translated is exc:
-            raise
-        raise translated from exc
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    _write_atomically(path, ".partial", lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _frame_to_uint8(frame: Any, index: int) -> np.ndarray:
@@ -576,12 +585,7 @@ def write_video_atomic(frames: Sequence[Any] | np.ndarray, dst: str, fps: int) -
 
     import imageio.v2 as iio  # lazy: pulls in the ffmpeg plugin only for video
 
-    try:
-        fd, tmp = _temp_in(path.parent, path.name, ".partial.mp4")
-        os.close(fd)
-    except OSError as exc:
-        raise _translate_os_error(exc, path, "dst") from exc
-    try:
+    def encode(tmp: str) -> None:
         writer = iio.get_writer(
             tmp,
             format="FFMPEG",
@@ -599,18 +603,8 @@ def write_video_atomic(frames: Sequence[Any] | np.ndarray, dst: str, fps: int) -
                 writer.append_data(arr)
         finally:
             writer.close()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        _publish(tmp, path)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        translated = _translate_os_error(exc, path, "dst")
-        if translated is exc:
-            raise
-        raise translated from exc
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+
+    _write_atomically(path, ".partial.mp4", encode)
 
 
 # --------------------------------------------------------------------------- upscale

@@ -125,6 +125,28 @@ def tiny_sd() -> Path:
     return tiny_sd_path()
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """In-process generation tests: tiny models gain nothing from threads, and on a busy
+    2-core box spinning threads make each generation many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_pipeline(tiny_sd):
+    """The tiny SD pipeline loaded in this process (one per test module: tests change it)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(scope="session")
 def session_tmp(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("backend")

@@ -48,73 +48,6 @@ def run_py(code: str, env_extra: dict[str, str] | None = None, timeout: int = 24
     return proc.stdout
 
 
-def byte_level_vocab() -> dict[str, int]:
-    """CLIP-style byte-level vocab: the 256 byte chars, the same with ``</w>``, specials."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return {tok: i for i, tok in enumerate(tokens)}
-
-
-def build_tiny_sd(target: Path) -> None:
-    """A real StableDiffusionPipeline with tiny random weights, saved with save_pretrained."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=2,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            pad_token_id=1,
-            vocab_size=1000,
-            projection_dim=32,
-        )
-    )
-    tokenizer = CLIPTokenizer(vocab=byte_level_vocab(), merges=[], model_max_length=77)
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=PNDMScheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(target)
-
-
 def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
     """Minimal valid .safetensors file (float32 zeros) without torch."""
     header, offset, blobs = {}, 0, []
@@ -173,11 +106,6 @@ def full_scan():
     return json.loads(out.split("JSON", 1)[1])
 
 
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("tiny-sd") / "pipe"
-    build_tiny_sd(target)
-    return target
 
 
 # ----------------------------------------------------------------------------- registry

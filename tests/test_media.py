@@ -544,8 +544,9 @@ def test_write_png_failure_keeps_old_file(tmp_path: Path) -> None:
 
 def test_write_png_failure_from_save_cleans_up(tmp_path: Path) -> None:
     class Boom:
-        def save(self, *a, **kw):
-            a[0].write(b"partial bytes")
+        def save(self, target, **kw):
+            with open(target, "wb") as fh:
+                fh.write(b"partial bytes")
             raise RuntimeError("encoder exploded")
 
     dst = tmp_path / "out.png"

@@ -20,27 +20,12 @@ from diffusers_backend.prompts import (  # noqa: E402
     warn_if_compel_missing,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core box spinning threads
-    make each generation many times slower; restore the setting afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def sd():
-    from diffusers import StableDiffusionPipeline
-    from tiny_models import tiny_sd_path
-
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_path())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def sd(tiny_sd_pipeline):
+    return tiny_sd_pipeline
 
 
 @pytest.fixture(scope="module")
