@@ -49,6 +49,12 @@ def load_flux(
     """
     if not spec.quantization:
         return default_load(cls, ref, kwargs, spec, settings)
+    weights = {"fp8": "qfloat8", "qfloat8": "qfloat8", "int8": "qint8", "qint8": "qint8",
+               "int4": "qint4", "qint4": "qint4"}.get(spec.quantization.lower())
+    if weights is None:
+        raise LoadError(
+            f"unknown quantization {spec.quantization!r} for Flux; use fp8, int8 or int4"
+        )
     try:
         from optimum import quanto
     except ImportError:
@@ -58,12 +64,6 @@ def load_flux(
     from diffusers import FluxTransformer2DModel
     from transformers import T5EncoderModel
 
-    weights = {"fp8": "qfloat8", "qfloat8": "qfloat8", "int8": "qint8", "qint8": "qint8",
-               "int4": "qint4", "qint4": "qint4"}.get(spec.quantization.lower())
-    if weights is None:
-        raise LoadError(
-            f"unknown quantization {spec.quantization!r} for Flux; use fp8, int8 or int4"
-        )
     qtype = getattr(quanto, weights)
     dtype = kwargs.get("torch_dtype")
     if ref.kind is RefKind.SINGLE_FILE:
