@@ -62,6 +62,7 @@ def test_inpainting_with_a_controlnet_model_is_failed_precondition(controlnet_ba
 
 
 def test_controlnet_relative_to_model_path_and_missing(backend, tiny_sd, tmp_path):
+    tiny_controlnet_path()  # built (once) under the fixture folder used below
     load_ok(backend, tiny_sd, ModelPath=str(fixture_dir()), ControlNet="tiny-controlnet")
     result = backend.load(tiny_sd, ModelPath=str(tmp_path), ControlNet="no-such-controlnet")
     assert not result.success and "no-such-controlnet" in result.message

@@ -37,6 +37,7 @@ def test_lora_changes_the_image_and_its_scale_matters(backend, tiny_sd, base_ima
 
 
 def test_two_adapters_with_scales_relative_to_model_path(backend, tiny_sd, base_image, tmp_path):
+    tiny_lora_path(), tiny_lora2_path()  # built (once) under the fixture folder used below
     models = fixture_dir()
     load_ok(backend, tiny_sd, ModelPath=str(models),
             LoraAdapters=["tiny-lora/tiny_lora.safetensors", "tiny-lora2/tiny_lora2.safetensors"],
