@@ -124,6 +124,19 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {short_message(exc)}"
 
 
+# The client cancels when its own deadline fires; the server's copy of that deadline
+# arrived a little later (transit), so it still shows a sliver of time left.
+_DEADLINE_SLACK_S = 0.25
+
+
+def _cancel_reason(context: grpc.ServicerContext) -> str:
+    """Tell a passed deadline from a client that hung up, for the log line."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= _DEADLINE_SLACK_S:
+        return "deadline passed"
+    return "client cancelled"
+
+
 def grpc_method(method: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a servicer method: any exception becomes a fitting gRPC status, logged once.
 
@@ -140,9 +153,7 @@ def grpc_method(method: Callable[..., Any]) -> Callable[..., Any]:
             if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 log.error("%s failed: %s", method.__name__, message, exc_info=exc)
             elif code is grpc.StatusCode.CANCELLED:
-                remaining = context.time_remaining()
-                why = "deadline passed" if remaining is not None and remaining <= 0 else (
-                    "client cancelled")
+                why = _cancel_reason(context)
                 log.warning("%s cancelled (%s), work stopped: %s", method.__name__, why,
                             message)
             else:
