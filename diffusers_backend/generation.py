@@ -233,7 +233,8 @@ def _select_image_pipeline(loaded: LoadedPipeline, variants: Any, job: ImageJob,
 
     - ``src`` a JSON file (the host's inpainting endpoint): inpainting with its image and
       mask (``ref_images = [image, mask]`` as fallback), on the loaded pipeline when it is
-      an inpainting one, else on its inpainting variant (``from_pipe``, same weights).
+      an inpainting one, else on its inpainting variant (``from_pipe``, same weights); with
+      a ControlNet loaded that is the ControlNet inpainting pipeline.
     - a ControlNet pipeline: ``src`` (else ``ref_images[0]``) is the control image; a
       ControlNet img2img pipeline takes ``src`` as the picture and ``ref_images[0]`` (else
       ``src``) as the control image.
@@ -246,12 +247,10 @@ def _select_image_pipeline(loaded: LoadedPipeline, variants: Any, job: ImageJob,
     if inpaint is not None:
         image, mask = inpaint
         target = pipe if sig.accepts("mask_image") else variants.get("inpaint")
+        kwargs = {"image": image, "mask_image": mask}
         if call_signature(type(target)).accepts("control_image"):
-            raise FailedPrecondition(
-                f"inpainting is not available with a ControlNet model loaded "
-                f"({type(pipe).__name__}); load the model without control_net to inpaint"
-            )
-        return _ImageInputs(target, {"image": image, "mask_image": mask}, image, mask)
+            kwargs["control_image"] = _inpaint_control_image(job, image, mask, settings)
+        return _ImageInputs(target, kwargs, image, mask)
     source = job.src or (job.ref_images[0] if job.ref_images else "")
     if not source:
         if sig.required_image:
@@ -271,6 +270,27 @@ def _select_image_pipeline(loaded: LoadedPipeline, variants: Any, job: ImageJob,
     if sig.accepts("image"):
         return _ImageInputs(pipe, {"image": image})
     return _ImageInputs(variants.get("img2img"), {"image": image})
+
+
+def _inpaint_control_image(job: ImageJob, image: Any, mask: Any, settings: Settings) -> Any:
+    """The control image of a ControlNet inpainting request.
+
+    The host's inpainting endpoint sends only picture and mask, so by default the control
+    image is the picture with the masked pixels set to -1: the conditioning inpainting
+    ControlNets are trained on. A third reference (``ref_images[2]``) overrides it, for
+    ControlNets of another kind (edges, depth...).
+    """
+    refs = [r for r in job.ref_images if r]
+    if len(refs) >= 3:
+        return media.open_image(refs[2], field="ref_images[2]",
+                                max_pixels=settings.max_input_pixels)
+    import numpy as np
+    import torch
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    masked = np.asarray(mask.convert("L"), dtype=np.float32) > 127.5
+    pixels[masked] = -1.0
+    return torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy())
 
 
 def _inpaint_size(width: int, height: int, image: Any, pipe: Any) -> tuple[int, int]:
