@@ -57,6 +57,16 @@ def _wait_not_busy(server: BackendProcess, within: float) -> float:
     raise AssertionError(f"server still BUSY {within}s after the client went away")
 
 
+def _wait_for_log(server: BackendProcess, text: str, since: int = 0, within: float = 5) -> str:
+    """The server's log from ``since`` once it holds ``text`` (written just after the reply)."""
+    deadline = time.monotonic() + within
+    while True:
+        log = server.log()[since:]
+        if text in log or time.monotonic() > deadline:
+            return log
+        time.sleep(0.05)
+
+
 def _assert_serves(server: BackendProcess, dst: Path) -> None:
     assert server.stub.Health(backend_pb2.HealthMessage(), timeout=5).message == b"OK"
     assert server.image(dst, step=1, seed=9).success
@@ -75,8 +85,7 @@ def test_deadline_stops_the_generation_at_the_next_step(server, tmp_path):
     assert time.monotonic() - started < 3
     # The server stopped working (a full run is SLOW_STEPS steps, many seconds).
     stopped_after = _wait_not_busy(server, within=3)
-    time.sleep(0.2)
-    log = server.log()[log_before:]
+    log = _wait_for_log(server, "GenerateImage cancelled (deadline passed)", log_before)
     assert "GenerateImage cancelled (deadline passed)" in log, log[-2000:]
     assert "cancelled by the client at step" in log
     assert dst.read_bytes() == before, "a cancelled request must not touch an existing dst"
@@ -92,8 +101,8 @@ def test_client_cancel_stops_the_generation(server, tmp_path):
     assert server.status().state == backend_pb2.StatusResponse.BUSY
     assert future.cancel()
     _wait_not_busy(server, within=3)
-    time.sleep(0.2)
-    assert "GenerateImage cancelled (client cancelled)" in server.log()
+    log = _wait_for_log(server, "GenerateImage cancelled (client cancelled)")
+    assert "GenerateImage cancelled (client cancelled)" in log, log[-2000:]
     assert not dst.exists()
     assert list(tmp_path.iterdir()) == []
     _assert_serves(server, tmp_path / "after-cancel.png")
