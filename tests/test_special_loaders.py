@@ -1,13 +1,13 @@
-"""The special loaders' table and the parts of them that run without the Hub or a GPU.
+"""The special loaders, called directly on tiny real pipelines of their families.
 
-Flux quantization, Wan and Sana need multi-GB Hub checkpoints to load for real; here their
-wiring is exercised on the tiny SD pipeline (the loaders are generic in the pipeline class),
-and their refusals are checked directly.
+Flux (with optimum-quanto quantization, base components from a local ``BFL_REPO``), Wan and
+Sana load from the folders built by tests/tiny_special_models.py; end-to-end generation over
+gRPC is in test_special_pipelines.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 
 import pytest
 
@@ -35,15 +35,50 @@ def test_flux_refuses_an_unknown_quantization_by_name(tiny_sd):
                           Settings())
 
 
-@pytest.mark.skipif(importlib.util.find_spec("optimum") is not None,
-                    reason="optimum-quanto is installed")
-def test_flux_quantization_without_quanto_says_what_to_install(tiny_sd):
+def test_flux_quantization_without_quanto_says_what_to_install(monkeypatch, tiny_sd):
+    """optimum-quanto is installed here; a None entry in sys.modules makes its import fail
+    exactly as it does where the package is missing."""
     from diffusers import FluxPipeline
 
+    monkeypatch.setitem(sys.modules, "optimum", None)
     spec = LoadSpec(model=str(tiny_sd), quantization="fp8")
     with pytest.raises(LoadError, match="pip install optimum-quanto"):
         special.load_flux(FluxPipeline, ModelRef(RefKind.FOLDER, str(tiny_sd)), {}, spec,
                           Settings())
+
+
+@pytest.mark.parametrize("name, qtype", [("int8", "qint8"), ("fp8", "qfloat8"),
+                                         ("int4", "qint4")])
+def test_flux_quantized_load_quantizes_transformer_and_t5(name, qtype):
+    import torch
+    from diffusers import FluxPipeline
+    from optimum.quanto import QModuleMixin
+    from tiny_special_models import tiny_flux_path
+
+    flux = str(tiny_flux_path())
+    pipe = special.load_flux(FluxPipeline, ModelRef(RefKind.FOLDER, flux),
+                             {"torch_dtype": torch.float32},
+                             LoadSpec(model=flux, quantization=name), Settings(bfl_repo=flux))
+    for component in (pipe.transformer, pipe.text_encoder_2):
+        quantized = [m for m in component.modules() if isinstance(m, QModuleMixin)]
+        assert quantized, f"{type(component).__name__} was not quantized"
+        assert all(qtype in str(m.weight_qtype) for m in quantized)
+    assert not any(isinstance(m, QModuleMixin) for m in pipe.vae.modules())
+    image = pipe(prompt="a cat", height=32, width=32, num_inference_steps=2,
+                 generator=torch.Generator().manual_seed(1), output_type="np").images[0]
+    assert image.shape == (32, 32, 3) and image.std() > 0
+
+
+def test_flux_without_quantization_is_a_plain_load():
+    import torch
+    from diffusers import FluxPipeline
+    from optimum.quanto import QModuleMixin
+    from tiny_special_models import tiny_flux_path
+
+    flux = str(tiny_flux_path())
+    pipe = special.load_flux(FluxPipeline, ModelRef(RefKind.FOLDER, flux),
+                             {"torch_dtype": torch.float32}, LoadSpec(model=flux), Settings())
+    assert not any(isinstance(m, QModuleMixin) for m in pipe.transformer.modules())
 
 
 def test_single_file_refused_for_a_class_without_it(tmp_path):
@@ -57,19 +92,35 @@ def test_single_file_refused_for_a_class_without_it(tmp_path):
                              LoadSpec(model=str(checkpoint)), Settings())
 
 
-def test_sana_loader_defaults_to_bf16_unless_a_dtype_is_chosen(tiny_sd):
-    """Wiring only: the Sana loader on the tiny SD pipeline (it is generic in the class)."""
+def test_sana_loader_defaults_to_bf16_unless_a_dtype_is_chosen():
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import SanaPipeline
+    from tiny_special_models import tiny_sana_path
 
-    ref = ModelRef(RefKind.FOLDER, str(tiny_sd))
-    pipe = special.load_sana(StableDiffusionPipeline, ref, {"torch_dtype": torch.float32},
-                             LoadSpec(model=str(tiny_sd)), Settings())
-    assert pipe.vae.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
-    chosen = LoadSpec(model=str(tiny_sd), options={"torch_dtype": "fp32"})
-    pipe = special.load_sana(StableDiffusionPipeline, ref, {"torch_dtype": torch.float32},
-                             chosen, Settings())
+    sana = str(tiny_sana_path())
+    ref = ModelRef(RefKind.FOLDER, sana)
+    pipe = special.load_sana(SanaPipeline, ref, {"torch_dtype": torch.float32},
+                             LoadSpec(model=sana), Settings())
+    for component in (pipe.transformer, pipe.vae, pipe.text_encoder):
+        assert component.dtype == torch.bfloat16, type(component).__name__
+    chosen = LoadSpec(model=sana, options={"torch_dtype": "fp32"})
+    pipe = special.load_sana(SanaPipeline, ref, {"torch_dtype": torch.float32}, chosen,
+                             Settings())
+    for component in (pipe.transformer, pipe.vae, pipe.text_encoder):
+        assert component.dtype == torch.float32, type(component).__name__
+
+
+def test_wan_loader_keeps_the_vae_in_float32():
+    import torch
+    from diffusers import WanPipeline
+    from tiny_special_models import tiny_wan_path
+
+    wan = str(tiny_wan_path())
+    pipe = special.load_wan(WanPipeline, ModelRef(RefKind.FOLDER, wan),
+                            {"torch_dtype": torch.bfloat16}, LoadSpec(model=wan), Settings())
     assert pipe.vae.dtype == torch.float32
+    assert pipe.transformer.dtype == torch.bfloat16
+    assert pipe.text_encoder.dtype == torch.bfloat16
 
 
 def test_svd_loader_chunks_the_unet_feed_forward():

@@ -166,6 +166,15 @@ def _as_task_variant(pipe: Any, spec: LoadSpec, controlnet: Any) -> Any:
     return pipe
 
 
+def _denoiser_dtype_name(pipe: Any, asked: str) -> str:
+    """The dtype the model really computes in (a special loader may choose another one)."""
+    for name in ("transformer", "unet", "prior"):
+        dtype = getattr(getattr(pipe, name, None), "dtype", None)
+        if dtype is not None:
+            return str(dtype).removeprefix("torch.")
+    return asked
+
+
 def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     """Load everything LoadModel asked for; raise LoadError naming the failing part."""
     from .. import schedulers
@@ -224,5 +233,6 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     elapsed = time.perf_counter() - started
     log.info("loaded %s in %.2fs (%s)", type(pipe).__name__, elapsed, description)
     return LoadedPipeline(pipe=pipe, spec=spec, device=device,
-                          dtype_name=spec.torch_dtype_name(), load_seconds=elapsed,
+                          dtype_name=_denoiser_dtype_name(pipe, spec.torch_dtype_name()),
+                          load_seconds=elapsed,
                           description=description, lora_adapters=lora_names)

@@ -2,8 +2,7 @@
 
 Every other pipeline loads through :func:`default_load`. A special case is one small
 function registered in :data:`SPECIAL_LOADERS` under the pipeline class names it serves.
-Flux with quantization, Wan and Sana need the Hub or a GPU to run for real; their wiring
-is covered by unit tests on CPU.
+Each one runs in the tests on a tiny real pipeline of its family (tests/tiny_special_models).
 """
 
 from __future__ import annotations
@@ -85,6 +84,8 @@ def load_flux(
     )
     pipe.transformer = transformer
     pipe.text_encoder_2 = text_encoder_2
+    log.info("Flux transformer and T5 encoder quantized to %s (optimum-quanto), base %s",
+             weights, settings.bfl_repo)
     return pipe
 
 
