@@ -92,13 +92,17 @@ def _task_variant_classes(pipe: Any) -> list[type]:
 
 
 def size_multiple(pipe: Any) -> int:
-    """The multiple width/height must be: 8, or the VAE factor times the patch size."""
+    """The multiple width/height must be: 8, the VAE factor times the patch size, or the
+    image processor's factor where that is larger (latent packing)."""
     factor = int(getattr(pipe, "vae_scale_factor", 8) or 8)
     transformer = getattr(pipe, "transformer", None)
     patch = getattr(getattr(transformer, "config", None), "patch_size", 1) or 1
     if isinstance(patch, (tuple, list)):
         patch = patch[-1]
-    return max(8, factor * int(patch))
+    # Pipelines that pack latents (Flux: 2x2) say so in their image processor's factor.
+    processor = getattr(getattr(pipe, "image_processor", None), "config", None)
+    packed = int(getattr(processor, "vae_scale_factor", 0) or 0)
+    return max(8, factor * int(patch), packed)
 
 
 def check_size(width: int, height: int, pipe: Any, settings: Settings) -> tuple[int, int, str]:
@@ -431,6 +435,8 @@ def finish_image(prepared: PreparedImage, image: Any) -> str:
              f"{image.width}x{image.height}", f"steps={prepared.steps}"]
     if inputs.original is not None:
         parts.append(f"inpainted with {type(prepared.pipe).__name__}")
+    elif "image" in inputs.kwargs:
+        parts.append(f"from the input image with {type(prepared.pipe).__name__}")
     if prepared.note:
         parts.append(prepared.note)
     return "; ".join(parts)

@@ -52,9 +52,9 @@ def _build_flux(path: Path) -> None:
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
         axes_dims_rope=(4, 4, 8)).eval()
     torch.manual_seed(0)
-    vae = AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    vae = AutoencoderKL(  # 8x like the real one, so sizes snap to Flux's real multiple (16)
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 4, 4, 4),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
         use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035).eval()
     pipe = FluxPipeline(
@@ -66,7 +66,7 @@ def _build_flux(path: Path) -> None:
 
 
 def tiny_flux_path() -> Path:
-    """Folder of a tiny FluxPipeline (1+1 transformer blocks, 2x VAE, CLIP + T5)."""
+    """Folder of a tiny FluxPipeline (1+1 transformer blocks, 8x VAE, CLIP + T5)."""
     return cached_build("tiny-flux", _build_flux)
 
 
