@@ -62,3 +62,27 @@ def write_image(path: Path, size=(64, 64), seed: int = 0, color=None) -> Path:
         rng = np.random.default_rng(seed)
         Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
     return path
+
+
+def inpaint_request(folder: Path, picture: Path,
+                    box: tuple[int, int, int, int] = (16, 16, 48, 48)
+                    ) -> tuple[Path, Path, np.ndarray]:
+    """The host's inpainting request for ``picture``: a JSON ``src`` holding it and a mask
+    that is white (repaint) inside ``box`` (left, top, right, bottom).
+
+    Returns the JSON path, the mask PNG path and the masked area as a boolean array.
+    """
+    import base64
+    import json
+
+    with Image.open(picture) as image:
+        size = image.size
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    mask_path = folder / "mask.png"
+    mask.save(mask_path)
+    src = folder / "inpaint.json"
+    src.write_text(json.dumps({
+        "image": base64.b64encode(picture.read_bytes()).decode(),
+        "mask_image": base64.b64encode(mask_path.read_bytes()).decode()}))
+    return src, mask_path, np.asarray(mask) > 127

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from features_support import free, load_ok, mean_diff, pixels, rpc_error, same, write_image
+from features_support import (
+    free,
+    inpaint_request,
+    load_ok,
+    mean_diff,
+    pixels,
+    rpc_error,
+    same,
+    write_image,
+)
 from tiny_models import fixture_dir, tiny_controlnet_path
 
 
@@ -47,31 +56,13 @@ def test_missing_control_image_is_invalid_argument(controlnet_backend, tmp_path)
     assert "ControlNet" in error.details() and "src" in error.details()
 
 
-def _inpaint_request(folder, picture):
-    """The host's inpainting request: a JSON src with the picture and a centre-square mask."""
-    import base64
-    import json
-
-    from PIL import Image
-
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    mask.save(folder / "mask.png")
-    request = folder / "inpaint.json"
-    request.write_text(json.dumps({
-        "image": base64.b64encode(picture.read_bytes()).decode(),
-        "mask_image": base64.b64encode((folder / "mask.png").read_bytes()).decode()}))
-    return request, folder / "mask.png"
-
-
 def test_inpainting_with_a_controlnet_model_uses_the_controlnet_inpaint_pipeline(
         controlnet_backend, controls, tmp_path):
     _, _, noise = controls
-    request, mask = _inpaint_request(tmp_path, noise)
+    request, _, inside = inpaint_request(tmp_path, noise)
     result = controlnet_backend.image(tmp_path / "out.png", src=str(request), seed=3)
     assert result.success and "StableDiffusionControlNetInpaintPipeline" in result.message
     out, original = pixels(tmp_path / "out.png"), pixels(noise)
-    inside = pixels(mask)[:, :, 0] > 127
     assert (out[~inside] == original[~inside]).all()  # unmasked pixels kept exactly
     assert abs(out[inside] - original[inside]).mean() > 5  # the masked square repainted
 
@@ -80,7 +71,7 @@ def test_controlnet_inpainting_control_image_from_third_reference(controlnet_bac
                                                                  tmp_path):
     """Default control: the picture with the mask blanked; ref_images[2] overrides it."""
     white, black, noise = controls
-    request, mask = _inpaint_request(tmp_path, noise)
+    request, mask, _ = inpaint_request(tmp_path, noise)
     for name, refs in (("default", []), ("white", [noise, mask, white]),
                        ("black", [noise, mask, black])):
         assert controlnet_backend.image(tmp_path / f"{name}.png", src=str(request), seed=3,
@@ -92,7 +83,7 @@ def test_controlnet_inpainting_control_image_from_third_reference(controlnet_bac
 def test_controlnet_inpainting_missing_third_reference_is_not_found(controlnet_backend,
                                                                    controls, tmp_path):
     _, _, noise = controls
-    request, mask = _inpaint_request(tmp_path, noise)
+    request, mask, _ = inpaint_request(tmp_path, noise)
     error = rpc_error(lambda: controlnet_backend.image(
         tmp_path / "x.png", src=str(request),
         ref_images=[str(noise), str(mask), str(tmp_path / "missing.png")]))

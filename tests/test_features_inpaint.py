@@ -13,8 +13,7 @@ import json
 import grpc
 import numpy as np
 import pytest
-from features_support import free, load_ok, pixels, rpc_error, same, write_image
-from PIL import Image
+from features_support import free, inpaint_request, load_ok, pixels, rpc_error, same, write_image
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +31,8 @@ def b64(path) -> str:
 def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("inpaint")
     image = write_image(folder / "image.png", seed=3)
-    mask = np.zeros((64, 64), np.uint8)
-    mask[16:48, 8:40] = 255  # white = repaint
-    Image.fromarray(mask).save(folder / "mask.png")
-    src = folder / "inpaint.json"
-    src.write_text(json.dumps({"image": b64(image), "mask_image": b64(folder / "mask.png")}))
-    return folder, image, folder / "mask.png", src, mask > 0
+    src, mask_path, masked = inpaint_request(folder, image, box=(8, 16, 40, 48))
+    return folder, image, mask_path, src, masked
 
 
 def test_outside_the_mask_stays_original_inside_changes(sd_backend, inputs, tmp_path):

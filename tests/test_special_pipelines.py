@@ -7,13 +7,10 @@ components from ``BFL_REPO`` pointed at a local folder, as an offline user would
 
 from __future__ import annotations
 
-import base64
-import json
-
 import imageio.v3 as iio
 import pytest
 from conftest import backend_pb2, start_backend
-from features_support import free, load_ok, pixels, write_image
+from features_support import free, inpaint_request, load_ok, pixels, write_image
 from PIL import Image
 from tiny_special_models import tiny_flux_path, tiny_sana_path, tiny_wan_path
 
@@ -63,17 +60,10 @@ def test_flux_img2img_and_inpainting_on_the_loaded_weights(server, tmp_path):
     picture = write_image(tmp_path / "picture.png", seed=3)
     result = server.image(tmp_path / "img2img.png", src=str(picture), step=2, seed=5)
     assert "from the input image with FluxImg2ImgPipeline" in result.message
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    mask.save(tmp_path / "mask.png")
-    request = tmp_path / "inpaint.json"
-    request.write_text(json.dumps({
-        "image": base64.b64encode(picture.read_bytes()).decode(),
-        "mask_image": base64.b64encode((tmp_path / "mask.png").read_bytes()).decode()}))
+    request, _, inside = inpaint_request(tmp_path, picture)
     result = server.image(tmp_path / "inpaint.png", src=str(request), step=2, seed=5)
     assert "inpainted with FluxInpaintPipeline" in result.message
     out, original = pixels(tmp_path / "inpaint.png"), pixels(picture)
-    inside = pixels(tmp_path / "mask.png")[:, :, 0] > 127
     assert (out[~inside] == original[~inside]).all()
     assert abs(out[inside] - original[inside]).mean() > 5
 
