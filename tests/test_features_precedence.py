@@ -20,6 +20,19 @@ def test_cfg_scale_from_load_model_applies(backend, tiny_sd, tmp_path):
     assert mean_diff(tmp_path / "cfg1.0.png", tmp_path / "cfg7.0.png") > 0.5
 
 
+def test_guidance_scale_option_overrides_cfg_scale(backend, tiny_sd, tmp_path):
+    """cfg_scale 0 means "unset" on the wire (default 7); turbo models that need guidance
+    off set the option guidance_scale:0, which wins over CFGScale."""
+    load_ok(backend, tiny_sd, Options=["guidance_scale:0"], CFGScale=9)
+    backend.image(tmp_path / "off-9.png", seed=2)
+    load_ok(backend, tiny_sd, Options=["guidance_scale:0"], CFGScale=3)
+    backend.image(tmp_path / "off-3.png", seed=2)
+    load_ok(backend, tiny_sd, CFGScale=9)
+    backend.image(tmp_path / "cfg9.png", seed=2)
+    assert same(tmp_path / "off-9.png", tmp_path / "off-3.png")
+    assert mean_diff(tmp_path / "off-9.png", tmp_path / "cfg9.png") > 0.5
+
+
 def test_request_steps_and_size_win_over_option_defaults(backend, tiny_sd, tmp_path):
     load_ok(backend, tiny_sd, Options=["num_inference_steps:1", "width:32", "height:32"])
     reply = backend.image(tmp_path / "defaults.png", step=0, width=0, height=0, seed=2)
