@@ -59,3 +59,16 @@ def test_size_option_is_held_to_the_pixel_limit(backend, tiny_sd, tmp_path):
     error = rpc_error(lambda: backend.image(tmp_path / "x.png", width=0, height=0))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "limit" in error.details()
+
+
+def test_threads_sets_torch_cpu_threads(tmp_path, tiny_sd):
+    """Threads changes the whole process's torch thread count, so it gets its own server."""
+    from conftest import start_backend
+
+    server = start_backend(tmp_path)
+    try:
+        load_ok(server, tiny_sd, Threads=1)
+        assert "1 CPU threads" in server.log()
+        assert server.image(tmp_path / "one-thread.png", seed=2).success
+    finally:
+        server.stop()

@@ -228,6 +228,10 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
         karras = bool(getattr(scheduler.config, "use_karras_sigmas", False))
         description += (f", scheduler {spec.scheduler_type} = {type(scheduler).__name__}"
                         + (" (karras)" if karras else ""))
+    if spec.threads > 0:
+        import torch
+
+        description += f", {torch.get_num_threads()} CPU threads"
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     elapsed = time.perf_counter() - started
