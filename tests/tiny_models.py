@@ -141,18 +141,17 @@ def tiny_vae(seed: int = 0):
     ).eval()
 
 
-def tiny_sd_components(seed: int = 0) -> dict:
-    """Components of a tiny StableDiffusionPipeline (no safety checker)."""
+def sd_ddim_scheduler():
+    """DDIM with Stable Diffusion 1.x's published scheduler settings."""
     from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+def tiny_sd_components(seed: int = 0) -> dict:
+    """Components of a tiny StableDiffusionPipeline (no safety checker)."""
+    scheduler = sd_ddim_scheduler()
     return {
         "unet": tiny_unet(seed),
         "scheduler": scheduler,
@@ -369,7 +368,7 @@ def tiny_svd_path() -> Path:
 
 def _build_text_to_video(path: Path) -> None:
     import torch
-    from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+    from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
     torch.manual_seed(0)
     unet = UNet3DConditionModel(
@@ -384,14 +383,7 @@ def _build_text_to_video(path: Path) -> None:
         attention_head_dim=8,
         norm_num_groups=32,
     ).eval()
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd_ddim_scheduler()
     pipe = TextToVideoSDPipeline(
         vae=tiny_vae(),
         text_encoder=tiny_clip_text_encoder(),
