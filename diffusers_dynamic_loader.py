@@ -166,6 +166,37 @@ def _split_name(name: str) -> tuple[list[str], list[str], str]:
     return _tokens(family), tasks, rest
 
 
+def _camel_to_kebab(name: str) -> str:
+    """``StableDiffusionXLPipeline`` -> ``stable-diffusion-xl-pipeline``.
+
+    Uses the same word split as the alias rules (acronyms stay whole, digits stay with the
+    word before them), so the kebab form of a class and its aliases agree. Kept under this
+    name because LocalAI's loader tests call it.
+    """
+    return _slug("-".join(_tokens(name)))
+
+
+def _extract_task_keywords(class_name: str) -> list[str]:
+    """Aliases a pipeline class name implies, from the name alone (no registry, no import).
+
+    The family (``StableDiffusionImg2ImgPipeline`` -> ``stable-diffusion``) and each task
+    word in the name with its synonyms (``image-to-image``, ``img2img``...). A name without
+    a task word (``WanPipeline``, ``StableVideoDiffusionPipeline``) does not say its task, so
+    none is guessed: :func:`get_task_aliases` adds it from facts read from the sources
+    (AutoPipeline mappings, whether the call takes a prompt). Kept under this name because
+    LocalAI's loader tests call it.
+    """
+    auto = class_name.startswith(_AUTO_PREFIX)  # AutoPipelineFor<Task>: a task, no family
+    family, tasks, _rest = _split_name(class_name[len(_AUTO_PREFIX) :] if auto else class_name)
+    out: list[str] = []
+    family_alias = "" if auto else "-".join(family)
+    for alias in [family_alias, *(a for t in tasks for a in (t, *_TASK_SYNONYMS.get(t, [])))]:
+        alias = _slug(alias)
+        if alias and alias not in out:
+            out.append(alias)
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # Cache location and stamp (computed without importing diffusers)
 # --------------------------------------------------------------------------------------
