@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from .observe import RpcObserver
 from .settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("diffusers_backend")
@@ -32,12 +33,11 @@ CONTROL_METHODS = frozenset({
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Log to stderr as text lines or, with ``fmt="json"``, JSON lines (see ``logs``)."""
+    from .logs import configure_logging as configure
+
+    configure(level, fmt)
 
 
 _HANDLER_FACTORIES = {
@@ -92,10 +92,12 @@ class DispatchInterceptor(grpc.ServerInterceptor):
       (a thread waiting for the pipeline lock would otherwise hold every worker).
     """
 
-    def __init__(self, token: str, control_pool: futures.ThreadPoolExecutor) -> None:
+    def __init__(self, token: str, control_pool: futures.ThreadPoolExecutor,
+                 observer: RpcObserver | None = None) -> None:
         self._expected = f"Bearer {token}".encode() if token else None
         self._control_pool = control_pool
         self._deny = _on_pool(_deny, control_pool)
+        self._observer = observer  # request log line and metrics around unary calls
 
     def _authorized(self, handler_call_details: Any) -> bool:
         if self._expected is None:
@@ -111,11 +113,17 @@ class DispatchInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        method = handler_call_details.method
+        behavior = None
         if not self._authorized(handler_call_details):
-            return _rebuild(handler, self._deny)
-        if handler_call_details.method in CONTROL_METHODS:
-            return _rebuild(handler, _on_pool(_behavior(handler), self._control_pool))
-        return handler
+            behavior = self._deny
+        elif method in CONTROL_METHODS:
+            behavior = _on_pool(_behavior(handler), self._control_pool)
+        if self._observer is not None and handler.unary_unary is not None:
+            behavior = self._observer.wrap(method, behavior or handler.unary_unary)
+        if behavior is None or behavior is handler.unary_unary:
+            return handler
+        return _rebuild(handler, behavior)
 
 
 def warm_imports(done: threading.Event) -> None:
@@ -161,7 +169,8 @@ def watch_parent(interval: float, on_orphaned, original: int | None = None) -> N
     threading.Thread(target=loop, name="parent-watch", daemon=True).start()
 
 
-def build_server(settings: Settings, addr: str) -> tuple[grpc.Server, Any, threading.Event, Any]:
+def build_server(settings: Settings, addr: str, observer: RpcObserver | None = None,
+                 ) -> tuple[grpc.Server, Any, threading.Event, Any]:
     """Create (not start) the server with every service registered."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
@@ -185,7 +194,8 @@ def build_server(settings: Settings, addr: str) -> tuple[grpc.Server, Any, threa
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers + settings.max_queue,
                                    thread_name_prefix="rpc"),
-        interceptors=[DispatchInterceptor(settings.auth_token, control_pool)],
+        interceptors=[DispatchInterceptor(settings.auth_token, control_pool,
+                                          observer or RpcObserver())],
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -218,9 +228,21 @@ def serve(addr: str) -> int:
     except SettingsError as exc:
         print(f"diffusers backend: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    metrics = None
+    if settings.metrics_addr:
+        from .metrics import Metrics
+
+        metrics = Metrics()
     try:
-        server, runtime, imports_ready, health_servicer = build_server(settings, addr)
+        server, runtime, imports_ready, health_servicer = build_server(
+            settings, addr, RpcObserver(metrics))
+        if metrics is not None:
+            from .metrics import start_metrics
+
+            url = start_metrics(metrics, runtime, settings.metrics_addr, settings.auth_token)
+            log.info("metrics on %s%s", url,
+                     " (bearer token required)" if settings.auth_token else "")
     except (OSError, RuntimeError) as exc:
         print(f"diffusers backend: {exc}", file=sys.stderr)
         return 1

@@ -44,6 +44,8 @@ class Settings:
     max_input_pixels: int = 8192 * 8192  # DIFFUSERS_MAX_INPUT_PIXELS: largest input image
     allow_remote_code: bool = False  # DIFFUSERS_ALLOW_REMOTE_CODE: trust_remote_code etc.
     shutdown_grace: float = 30.0  # DIFFUSERS_SHUTDOWN_GRACE: seconds to finish on SIGTERM
+    metrics_addr: str = ""  # DIFFUSERS_METRICS_ADDR: host:port of /metrics; empty = off
+    log_format: str = "text"  # DIFFUSERS_LOG_FORMAT: text or json (one object per line)
 
     def __repr__(self) -> str:  # never print the token
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -104,6 +106,29 @@ def _log_level(env: Mapping[str, str]) -> str:
     return raw
 
 
+def parse_metrics_addr(raw: str) -> str:
+    """``host:port`` for the metrics endpoint; a bare port means loopback (safe default)."""
+    text = raw.strip()
+    if not text:
+        return ""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise SettingsError(
+            f"DIFFUSERS_METRICS_ADDR must be PORT or HOST:PORT (e.g. 127.0.0.1:9090), got {raw!r}"
+        )
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    raw = env.get("DIFFUSERS_LOG_FORMAT", "").strip().lower() or "text"
+    if raw not in {"text", "json"}:
+        raise SettingsError(f"DIFFUSERS_LOG_FORMAT must be text or json, got {raw!r}")
+    return raw
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default ``os.environ``); raise on bad values."""
     env = os.environ if env is None else env
@@ -138,4 +163,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         shutdown_grace=(
             parse_duration("DIFFUSERS_SHUTDOWN_GRACE", grace_raw) if grace_raw else 30.0
         ),
+        metrics_addr=parse_metrics_addr(env.get("DIFFUSERS_METRICS_ADDR", "")),
+        log_format=_log_format(env),
     )

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import timings
 from .errors import Cancelled, FailedPrecondition, is_out_of_memory
 from .jobs import ImageJob
 from .settings import Settings
@@ -41,6 +42,7 @@ class Ticket:
     done: threading.Event = field(default_factory=threading.Event)
     result: str = ""
     error: BaseException | None = None
+    record: timings.RequestTimings | None = None  # filled in for the request's log line
 
     def finish(self, result: str = "", error: BaseException | None = None) -> None:
         self.result, self.error = result, error
@@ -69,7 +71,9 @@ class PipelineWorker:
 
     def submit(self, ticket: Ticket) -> str:
         """Queue the ticket and block until it has run (or failed)."""
+        ticket.record = timings.current()
         with self._cv:
+            timings.queued(ticket.record)
             self._queue.append(ticket)
             self._cv.notify()
         return ticket.wait()
@@ -80,6 +84,7 @@ class PipelineWorker:
                 while not self._queue:
                     self._cv.wait()
                 ticket = self._queue.popleft()
+                timings.dequeued(ticket.record)
             try:
                 self._serve(ticket)
             except BaseException as exc:  # noqa: BLE001 - never let the worker die
@@ -99,7 +104,11 @@ class PipelineWorker:
                 return
             if first.image_job is None:
                 try:
-                    first.finish(result=first.work(loaded, variants))  # type: ignore[misc]
+                    started = timings.now()
+                    result = first.work(loaded, variants)  # type: ignore[misc]
+                    timings.work_ran(first.record, type(loaded.pipe).__name__,
+                                     timings.now() - started)
+                    first.finish(result=result)
                 except Exception as exc:  # noqa: BLE001 - handed to the request's thread
                     self._note_oom(exc)
                     first.finish(error=exc)
@@ -115,12 +124,15 @@ class PipelineWorker:
     def _serve_images(self, loaded: LoadedPipeline, variants: Any, first: Ticket) -> None:
         from . import generation
 
+        started = timings.now()
         try:
             prepared = generation.prepare_image(loaded, variants, first.image_job,
                                                 self._settings)
         except Exception as exc:  # noqa: BLE001
             first.finish(error=exc)
             return
+        if first.record is not None:
+            first.record.prepare_s = timings.now() - started
         batch = [(first, prepared)]
         key = prepared.batch_key()
         if key is not None and self._settings.max_batch > 1:
@@ -143,6 +155,7 @@ class PipelineWorker:
                 break
             if ticket.is_cancelled():
                 continue
+            started = timings.now()
             try:
                 prepared = generation.prepare_image(loaded, variants, ticket.image_job,
                                                     self._settings)
@@ -157,6 +170,8 @@ class PipelineWorker:
             if self._take(ticket):
                 pixels += _pixels(prepared)
                 taken.append((ticket, prepared))
+                if ticket.record is not None:
+                    ticket.record.prepare_s = timings.now() - started
         return taken
 
     def _take(self, ticket: Ticket) -> bool:
@@ -165,15 +180,19 @@ class PipelineWorker:
                 self._queue.remove(ticket)
             except ValueError:
                 return False
-            return True
+        timings.dequeued(ticket.record)
+        return True
 
     def _execute(self, batch: list[tuple[Ticket, PreparedImage]]) -> None:
         from . import generation
 
         tickets = [t for t, _ in batch]
+        started = timings.now()
         try:
             images = generation.execute_images(
                 [p for _, p in batch], lambda: all(t.is_cancelled() for t in tickets))
+            timings.pipeline_ran([(t.record, p.seed, p.steps) for t, p in batch],
+                                 type(batch[0][1].pipe).__name__, timings.now() - started)
         except Exception as exc:  # noqa: BLE001
             self._note_oom(exc)
             if len(batch) > 1 and is_out_of_memory(exc):
@@ -190,7 +209,10 @@ class PipelineWorker:
                 ticket.finish(error=Cancelled("request cancelled by the client"))
                 continue
             try:
-                ticket.finish(result=generation.finish_image(prepared, image))
+                started = timings.now()
+                result = generation.finish_image(prepared, image)
+                timings.wrote(ticket.record, image, timings.now() - started)
+                ticket.finish(result=result)
             except Exception as exc:  # noqa: BLE001
                 ticket.finish(error=exc)
 
