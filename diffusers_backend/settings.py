@@ -115,7 +115,7 @@ def parse_metrics_addr(raw: str) -> str:
     if not sep:
         host, port = "127.0.0.1", text
     host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or int(port) > 65535:
+    if not port.isdigit() or int(port) > 65535 or any(c in host for c in "/ []"):
         raise SettingsError(
             f"DIFFUSERS_METRICS_ADDR must be PORT or HOST:PORT (e.g. 127.0.0.1:9090), got {raw!r}"
         )
