@@ -36,7 +36,9 @@ class NotFound(BackendError):
 
 
 class FailedPrecondition(BackendError):
-    """The request is valid but the server is not in a state to run it (no model loaded)."""
+    """No model is loaded. Used for nothing else: LocalAI's distributed router reads this
+    status as "model not loaded here" and reloads or drops the replica. A request that does
+    not fit the loaded model is :class:`InvalidArgument`."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import media, prompts
-from .errors import Cancelled, FailedPrecondition, InvalidArgument, LoadError
+from .errors import Cancelled, InvalidArgument
 from .jobs import ImageJob, UpscaleJob, VideoJob
 from .loading.pipeline_loader import LoadedPipeline
 from .loading.spec import parse_option_value
 from .settings import Settings
+from .video_defaults import video_defaults
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ DEFAULT_CFG = 7.0
 DEFAULT_IMG2IMG_STRENGTH = 0.75
 MAX_SEED = 2**31 - 1
 # Request fields that EnableParameters may switch off (LocalAI semantics). The model's own
-# settings (CFGScale, Options) are not request fields and always apply.
-FILTERABLE = ("negative_prompt", "num_inference_steps", "clip_skip")
+# settings (CFGScale, Options, and CLIP skip: the host copies the YAML's clip_skip into every
+# request, and LocalAI's backend always applies it) are not filtered.
+FILTERABLE = ("negative_prompt", "num_inference_steps")
 _NEEDS_IMAGE = re.compile(
     r"Img2Img|ImageToImage|Inpaint|ControlNet|Upscale|InstructPix2Pix|Variation"
     r"|StableVideoDiffusion|ImageToVideo|I2V",
@@ -64,17 +66,16 @@ def call_signature(cls: type) -> CallSignature:
     return CallSignature(names - {"kwargs"}, required, var_kwargs)
 
 
-def validate_call_options(pipe: Any, options: dict[str, Any]) -> None:
-    """Refuse at load time an option no call of this pipeline (or its variants) accepts."""
+def unaccepted_call_options(pipe: Any, options: dict[str, Any]) -> list[str]:
+    """Call options that no call of this pipeline (or its img2img/inpaint variants) takes.
+
+    LocalAI's backend hands every option to the pipeline call, which swallows what it does
+    not know; we drop those at load time with a warning instead of passing them on.
+    """
     accepted = set(call_signature(type(pipe)).params)
     for variant in _task_variant_classes(pipe):
         accepted |= call_signature(variant).params
-    unknown = sorted(k for k in options if k not in accepted)
-    if unknown:
-        raise LoadError(
-            f"option {', '.join(unknown)} is not accepted by {type(pipe).__name__}; accepted: "
-            + ", ".join(sorted(accepted - {"callback_on_step_end_tensor_inputs"}))
-        )
+    return sorted(k for k in options if k not in accepted)
 
 
 def _task_variant_classes(pipe: Any) -> list[type]:
@@ -137,14 +138,16 @@ def check_steps(steps: int, settings: Settings) -> None:
                               "(DIFFUSERS_MAX_STEPS)")
 
 
-def pick_seed(seed: int, default: int = 0) -> int:
-    """The request's seed when positive, else the model's (LoadModel ``Seed``), else random.
+def pick_seed(seed: int) -> int:
+    """The request's seed when positive, else a fresh random one for this image.
 
-    The seed used is reported in the reply, so a random one can be reproduced.
+    LocalAI sends ``seed = -1`` (images) or ``0`` (inpainting, video) for "random", and a
+    ``ModelOptions.Seed`` drawn once per load: using that as a default would make every
+    unseeded image identical, so it never is one. The seed used is reported in the reply,
+    so a random image can be reproduced.
     """
-    for value in (seed, default):
-        if value and value > 0:
-            return int(value)
+    if seed and seed > 0:
+        return int(seed)
     return secrets.randbelow(MAX_SEED) + 1
 
 
@@ -378,12 +381,10 @@ def prepare_image(loaded: LoadedPipeline, variants: Any, job: ImageJob,
     pipe = inputs.pipe
     sig = call_signature(type(pipe))
     enabled = _enabled(job.enable_parameters)
-    seed = pick_seed(job.seed, loaded.spec.seed)
+    seed = pick_seed(job.seed)
     steps = _steps(job.steps if _allowed(enabled, "num_inference_steps") else 0, loaded)
     negative = job.negative_prompt if _allowed(enabled, "negative_prompt") else ""
-    clip_skip = 0
-    if _allowed(enabled, "clip_skip"):
-        clip_skip = prompts.effective_clip_skip(job.clip_skip, loaded.spec.clip_skip)
+    clip_skip = prompts.effective_clip_skip(job.clip_skip, loaded.spec.clip_skip)
     if inputs.original is not None:
         width, height = _inpaint_size(width, height, inputs.original, pipe)
     kwargs: dict[str, Any] = _defaults(loaded, sig)
@@ -461,7 +462,8 @@ def _resized(image: Any, width: int, height: int) -> Any:
 
 # Video request fields validated on their own; ``params`` may not bypass those checks.
 _VALIDATED_VIDEO_KEYS = frozenset({
-    "num_frames", "width", "height", "num_inference_steps", "fps", "image", "last_image",
+    "num_frames", "width", "height", "num_inference_steps", "fps", "frame_rate", "image",
+    "last_image",
     "generator", "callback_on_step_end", "output_type", "return_dict",
 })
 
@@ -497,24 +499,58 @@ def _first_video(frames: Any) -> Any:
     return video
 
 
+def makes_video(pipe: Any) -> bool:
+    """Whether the loaded pipeline makes videos (its call takes ``num_frames``)."""
+    return pipe is not None and call_signature(type(pipe)).accepts("num_frames")
+
+
+def video_job_from_image(job: ImageJob) -> VideoJob:
+    """A GenerateImage request for a video model (LocalAI's documented img2vid/txt2vid go
+    through the image endpoint): ``src`` (else ``ref_images[0]``) is the start image and the
+    video is written at ``dst``; frames, fps and guidance follow FRAMES/FPS and the model."""
+    start = job.src or (job.ref_images[0] if job.ref_images else "")
+    return VideoJob(prompt=job.prompt, negative_prompt=job.negative_prompt, start_image=start,
+                    width=job.width, height=job.height, steps=job.steps, seed=job.seed,
+                    dst=job.dst)
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """A video request's numbers after defaults: what is passed, what is written."""
+
+    frames: int | None  # None: the pipeline chooses (SVD reads its UNet config)
+    fps: int
+    steps: int
+
+
+def plan_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings) -> VideoPlan:
+    """Validate frames/fps/steps; fill zeros from FRAMES/FPS, then the pipeline's own."""
+    pipe = loaded.pipe
+    if not makes_video(pipe):
+        raise InvalidArgument(
+            f"the loaded model ({type(pipe).__name__}) makes images, not videos; load a video "
+            "pipeline (e.g. WanPipeline, LTX2ImageToVideoPipeline, StableVideoDiffusionPipeline)"
+            " for GenerateVideo"
+        )
+    check_steps(job.steps, settings)
+    if job.num_frames < 0 or job.num_frames > 10_000:
+        raise InvalidArgument(f"num_frames must be between 1 and 10000, got {job.num_frames}")
+    if job.fps < 0 or job.fps > 240:
+        raise InvalidArgument(f"fps must be between 1 and 240, got {job.fps}")
+    own = video_defaults(type(pipe))
+    steps = (job.steps or _option_int(loaded, "num_inference_steps") or own.steps
+             or DEFAULT_STEPS)
+    return VideoPlan(frames=job.num_frames or settings.frames or own.frames,
+                     fps=job.fps or settings.fps or own.fps, steps=steps)
+
+
 def run_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings,
               is_cancelled: IsCancelled) -> str:
     """Validate, run one video generation and write the MP4; return the reply message."""
     pipe = loaded.pipe
     sig = call_signature(type(pipe))
-    if not sig.accepts("num_frames"):
-        raise FailedPrecondition(
-            f"the loaded model ({type(pipe).__name__}) makes images, not videos; load a video "
-            "pipeline (e.g. WanPipeline, StableVideoDiffusionPipeline) for GenerateVideo"
-        )
-    check_steps(job.steps, settings)
+    plan = plan_video(loaded, job, settings)
     width, height, note = check_size(job.width, job.height, pipe, settings)
-    frames = job.num_frames or settings.frames
-    if frames < 0 or frames > 10_000:
-        raise InvalidArgument(f"num_frames must be between 1 and 10000, got {job.num_frames}")
-    fps = job.fps or settings.fps
-    if fps < 0 or fps > 240:
-        raise InvalidArgument(f"fps must be between 1 and 240, got {job.fps}")
     media.check_output_path(job.dst)
     kwargs: dict[str, Any] = _defaults(loaded, sig)
     if job.start_image:
@@ -522,7 +558,7 @@ def run_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings,
                                            max_pixels=settings.max_input_pixels)
     elif sig.required_image:
         raise InvalidArgument(f"{type(pipe).__name__} turns an image into a video: "
-                              "send start_image")
+                              "send start_image (through GenerateImage: src)")
     if job.end_image:
         if not sig.accepts("last_image"):
             raise InvalidArgument(f"{type(pipe).__name__} does not take an end_image")
@@ -535,20 +571,24 @@ def run_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings,
         # SVD-style pipelines ramp guidance between a min and a max instead.
         key = "max_guidance_scale" if sig.accepts("max_guidance_scale") else "guidance_scale"
         kwargs[key] = job.cfg_scale
-    seed = pick_seed(job.seed, loaded.spec.seed)
-    kwargs.update(num_inference_steps=_steps(job.steps, loaded), num_frames=frames,
-                  generator=make_generator(seed), decode_chunk_size=settings.chunk_size)
+    seed = pick_seed(job.seed)
+    kwargs.update(num_inference_steps=plan.steps, generator=make_generator(seed),
+                  decode_chunk_size=settings.chunk_size)
+    if plan.frames:
+        kwargs["num_frames"] = plan.frames
     kwargs.update(_size_kwargs(width, height))
-    if sig.accepts("fps"):
-        kwargs["fps"] = fps
+    # The rate the model is conditioned on and the rate written to the file agree.
+    for key in ("fps", "frame_rate"):
+        if sig.accepts(key):
+            kwargs[key] = plan.fps
     if sig.accepts("callback_on_step_end"):
         kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)
     kwargs.update(_typed_params(job.params, sig, type(pipe).__name__))
     result = pipe(**_filter(kwargs, sig, None))
     video = _first_video(result.frames)
-    media.write_video_atomic(video, job.dst, fps)
+    media.write_video_atomic(video, job.dst, plan.fps)
     parts = [f"video written to {job.dst}", f"seed={seed}", f"frames={len(video)}",
-             f"fps={fps}"]
+             f"fps={plan.fps}", f"steps={plan.steps}"]
     if note:
         parts.append(note)
     return "; ".join(parts)
@@ -580,7 +620,7 @@ def run_upscale(loaded: LoadedPipeline | None, job: UpscaleJob, settings: Settin
         sig = call_signature(type(pipe))
         kwargs: dict[str, Any] = {"prompt": "", "image": image,
                                   "num_inference_steps": _steps(0, loaded),
-                                  "generator": make_generator(pick_seed(0, loaded.spec.seed))}
+                                  "generator": make_generator(pick_seed(0))}
         kwargs.update(_defaults(loaded, sig))
         if sig.accepts("callback_on_step_end"):
             kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)

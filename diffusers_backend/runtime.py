@@ -12,6 +12,7 @@ import gc
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,20 @@ def release_memory() -> None:
         mps.empty_cache()
 
 
+def _drop_unaccepted_options(loaded: LoadedPipeline, unknown: list[str]) -> None:
+    """Serve without the options no call of the pipeline takes, with a warning naming them."""
+    if not unknown:
+        return
+    options = dict(loaded.spec.options)
+    for key in unknown:
+        # ``cfg_scale`` reaches the call as ``guidance_scale``: name it as the user wrote it.
+        written = "cfg_scale" if key == "guidance_scale" and key not in options else key
+        options.pop(written, None)
+        loaded.warnings.append(
+            f"option {written!r} ignored: {loaded.class_name} does not take it")
+    loaded.spec = replace(loaded.spec, options=options)
+
+
 class ModelRuntime:
     """Holds at most one loaded model and runs requests on it one at a time."""
 
@@ -153,7 +168,8 @@ class ModelRuntime:
         with self._load_lock:
             try:
                 loaded = load_pipeline(spec, self.settings)
-                generation.validate_call_options(loaded.pipe, spec.call_options)
+                _drop_unaccepted_options(loaded, generation.unaccepted_call_options(
+                    loaded.pipe, loaded.spec.call_options))
             except Exception as exc:
                 with self._state_lock:
                     self._last_load_failed = self._loaded is None
@@ -239,9 +255,7 @@ class ModelRuntime:
         def check(loaded: LoadedPipeline) -> None:
             from . import generation, media
 
-            if not generation.call_signature(type(loaded.pipe)).accepts("num_frames"):
-                return  # run_video answers FAILED_PRECONDITION (an image model) first
-            generation.check_steps(job.steps, self.settings)
+            generation.plan_video(loaded, job, self.settings)  # an image model: refused here
             generation.check_size(job.width, job.height, loaded.pipe, self.settings)
             media.check_output_path(job.dst)
             self._check_inputs([("start_image", job.start_image), ("end_image", job.end_image)])
@@ -249,6 +263,12 @@ class ModelRuntime:
         return check
 
     def generate_image(self, job: ImageJob, is_cancelled: IsCancelled) -> str:
+        from . import generation
+
+        loaded = self._loaded
+        if loaded is not None and generation.makes_video(loaded.pipe):
+            # LocalAI's img2vid / txt2vid examples go through the image endpoint.
+            return self.generate_video(generation.video_job_from_image(job), is_cancelled)
         return self._run(Ticket(is_cancelled, image_job=job),
                          precheck=self._precheck_image(job))
 

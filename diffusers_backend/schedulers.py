@@ -27,7 +27,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import FailedPrecondition, InvalidArgument
+from .errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _scheduler_class(class_name: str, needs: tuple[str, ...] = ()) -> type:
 
     for package in needs:
         if importlib.util.find_spec(package) is None:
-            raise FailedPrecondition(
+            raise InvalidArgument(
                 f"scheduler {class_name} needs the Python package {package!r}, "
                 "which is not installed on this backend"
             )
@@ -132,7 +132,7 @@ def _scheduler_class(class_name: str, needs: tuple[str, ...] = ()) -> type:
         # diffusers exports a placeholder when an optional dependency is missing.
         backends = getattr(cls, "_backends", None)
         if backends:
-            raise FailedPrecondition(
+            raise InvalidArgument(
                 f"scheduler {class_name} needs {', '.join(backends)}, "
                 "which is not installed on this backend"
             )

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def spec_from_options(request: Any) -> LoadSpec:
     """Translate ``ModelOptions`` into a :class:`LoadSpec` (raises LoadError on bad values)."""
+    options, warnings = parse_options(list(request.Options))
     return LoadSpec(
         model=request.Model,
         model_file=request.ModelFile,
@@ -50,8 +51,9 @@ def spec_from_options(request: Any) -> LoadSpec:
         tensor_parallel_size=request.TensorParallelSize,
         threads=request.Threads,
         seed=request.Seed,
-        options=parse_options(list(request.Options)),
+        options=options,
         engine_args=parse_engine_args(request.EngineArgs),
+        warnings=tuple(warnings),
     )
 
 
@@ -95,11 +97,13 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
             log.exception("LoadModel %s failed", request.Model)
             error = LoadError(f"could not load {request.Model}: {short_message(exc)}")
             return backend_pb2.Result(message=str(error), success=False)
-        return backend_pb2.Result(
-            message=f"loaded {spec.model or spec.model_file} as {loaded.class_name} "
-            f"on {loaded.device} ({loaded.dtype_name}) in {loaded.load_seconds:.2f}s",
-            success=True,
-        )
+        message = (f"loaded {spec.model or spec.model_file} as {loaded.class_name} "
+                   f"on {loaded.device} ({loaded.dtype_name}) in {loaded.load_seconds:.2f}s")
+        for warning in loaded.warnings:
+            log.warning("LoadModel %s: %s", spec.model or spec.model_file, warning)
+        if loaded.warnings:
+            message += "; warnings: " + "; ".join(loaded.warnings)
+        return backend_pb2.Result(message=message, success=True)
 
     @grpc_method
     def GenerateImage(self, request, context):  # noqa: N802

@@ -43,15 +43,18 @@ def test_request_steps_and_size_win_over_option_defaults(backend, tiny_sd, tmp_p
     assert pixels(tmp_path / "request.png").shape == (48, 64, 3)
 
 
-def test_model_seed_is_the_default_and_the_request_seed_wins(backend, tiny_sd, tmp_path):
+def test_model_seed_never_pins_unseeded_requests(backend, tiny_sd, tmp_path):
+    """LocalAI sends ModelOptions.Seed = rand.Int32() once per load: using it as the default
+    would make every unseeded image the same. Seeds <= 0 draw a fresh one per image."""
     load_ok(backend, tiny_sd, Seed=5)
     first = backend.image(tmp_path / "a.png", seed=0)
-    second = backend.image(tmp_path / "b.png", seed=0)
-    assert "seed=5" in first.message and "seed=5" in second.message
-    assert same(tmp_path / "a.png", tmp_path / "b.png")
+    second = backend.image(tmp_path / "b.png", seed=-1)
+    assert "seed=5;" not in first.message and "seed=5;" not in second.message
+    assert not same(tmp_path / "a.png", tmp_path / "b.png")
     own = backend.image(tmp_path / "c.png", seed=7)
-    assert "seed=7" in own.message
-    assert not same(tmp_path / "a.png", tmp_path / "c.png")
+    again = backend.image(tmp_path / "d.png", seed=7)
+    assert "seed=7;" in own.message
+    assert same(tmp_path / "c.png", tmp_path / "d.png")
 
 
 def test_size_option_is_held_to_the_pixel_limit(backend, tiny_sd, tmp_path):

@@ -63,10 +63,15 @@ def test_stable_video_diffusion_without_start_image_is_invalid_argument(backend,
     assert not (tmp_path / "x.mp4").exists()
 
 
-def test_video_on_an_image_model_is_failed_precondition(backend, tiny_sd, tmp_path):
+def test_video_on_an_image_model_is_invalid_argument(backend, tiny_sd, tmp_path):
+    """Not FAILED_PRECONDITION: LocalAI's distributed router reads that as "no model here"
+    and reloads or drops the replica. The message says what to load instead."""
     load_ok(backend, tiny_sd)
     error = rpc_error(lambda: video(backend, tmp_path / "x.mp4", num_frames=3))
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "makes images, not videos" in error.details()
+    assert "load a video pipeline" in error.details()
+    assert not (tmp_path / "x.mp4").exists()
 
 
 @pytest.mark.parametrize("key", ["num_frames", "width", "num_inference_steps"])

@@ -16,8 +16,9 @@ def test_defaults_match_the_seed_variables():
     settings = load_settings({})
     assert settings == Settings()
     assert (settings.compel, settings.xpu, settings.clip_skip_enabled) == (False, False, True)
-    assert (settings.safetensors_only, settings.chunk_size, settings.fps) == (True, 8, 7)
-    assert (settings.disable_cpu_offload, settings.frames) == (False, 64)
+    # FPS/FRAMES 0: the loaded video family's own rate and length (video_defaults)
+    assert (settings.safetensors_only, settings.chunk_size, settings.fps) == (True, 8, 0)
+    assert (settings.disable_cpu_offload, settings.frames) == (False, 0)
     assert settings.bfl_repo == "ChuckMcSneed/FLUX.1-dev"
     assert settings.max_workers == 1
     assert settings.parent_watch and settings.parent_watch_interval == 2.0
@@ -46,8 +47,8 @@ def test_parent_watch_interval_durations(raw, seconds):
 
 
 @pytest.mark.parametrize("name,value", [
-    ("COMPEL", "maybe"), ("CHUNK_SIZE", "eight"), ("FRAMES", "0"), ("FPS", "-1"),
-    ("PYTHON_GRPC_MAX_WORKERS", "0"), ("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", "soon"),
+    ("COMPEL", "maybe"), ("CHUNK_SIZE", "eight"), ("FRAMES", "-1"), ("FPS", "-1"),
+    ("PYTHON_GRPC_MAX_WORKERS", "0"),
     ("DIFFUSERS_MAX_PIXELS", "big"), ("DIFFUSERS_LOG_LEVEL", "LOUD"),
     ("DIFFUSERS_SHUTDOWN_GRACE", "-5"),
 ])
@@ -59,8 +60,25 @@ def test_malformed_values_name_the_variable(name, value):
 
 
 def test_parent_watch_can_be_switched_off():
-    for falsey in ("false", "0", "no", "off"):
+    for falsey in ("false", "0", "no", "off", " OFF "):
         assert load_settings({"LOCALAI_BACKEND_PARENT_WATCH": falsey}).parent_watch is False
+
+
+@pytest.mark.parametrize("raw", ["", "1", "true", "maybe", "enabled", "yes please"])
+def test_parent_watch_is_on_for_empty_or_unknown_values(raw):
+    """As LocalAI's common/parent_watch.py reads it: only a falsey value turns it off, and
+    the host's environment never stops the backend from starting."""
+    settings = load_settings({"LOCALAI_BACKEND_PARENT_WATCH": raw})
+    assert settings.parent_watch is True and not settings.warnings
+
+
+@pytest.mark.parametrize("raw", ["soon", "-5s", "0", "ms", "2h"])
+def test_bad_parent_watch_interval_falls_back_to_2s_with_a_warning(raw):
+    settings = load_settings({"LOCALAI_BACKEND_PARENT_WATCH_INTERVAL": raw})
+    assert settings.parent_watch_interval == 2.0
+    assert len(settings.warnings) == 1
+    assert "LOCALAI_BACKEND_PARENT_WATCH_INTERVAL" in settings.warnings[0]
+    assert "2s" in settings.warnings[0]
 
 
 def test_repr_never_shows_the_auth_token():

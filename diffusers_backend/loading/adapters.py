@@ -27,13 +27,16 @@ def _local_path(name: str, model_path: str) -> Path | None:
 
 
 def lora_plan(spec: LoadSpec) -> list[tuple[str, float]]:
-    """The (reference, scale) pairs to load: LoraAdapters+LoraScales, else LoraAdapter."""
-    if spec.lora_adapters:
-        scales = spec.lora_scales or tuple(1.0 for _ in spec.lora_adapters)
-        return list(zip(spec.lora_adapters, scales, strict=True))
+    """The (reference, scale) pairs to load: LoraAdapter (with LoraScale) and every one of
+    LoraAdapters (with LoraScales); a YAML may set both, and LocalAI's backend loads both."""
+    plan: list[tuple[str, float]] = []
     if spec.lora_adapter:
-        return [(spec.lora_adapter, spec.lora_scale or 1.0)]
-    return []
+        plan.append((spec.lora_adapter, spec.lora_scale or 1.0))
+    scales = spec.lora_scales or tuple(1.0 for _ in spec.lora_adapters)
+    for reference, scale in zip(spec.lora_adapters, scales, strict=True):
+        if reference != spec.lora_adapter:
+            plan.append((reference, scale))
+    return plan
 
 
 def load_loras(pipe: Any, spec: LoadSpec) -> list[str]:

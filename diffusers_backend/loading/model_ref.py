@@ -82,5 +82,55 @@ def resolve_model_ref(
     )
     if not model or looks_like_path:
         tried = ", ".join(str(c) for c in _local_candidates(model, model_file, model_path))
-        raise LoadError(f"model not found on disk: {model or model_file} (looked at: {tried})")
+        raise LoadError(f"model not found on disk: {model or model_file} (looked at: {tried}; "
+                        f"models folder: {model_path or 'not set (ModelPath)'})")
     return ModelRef(RefKind.HUB, model)
+
+
+_MISSING_MARKERS = ("not fully cached", "not found", "offline", "outgoing traffic",
+                    "cannot find the requested files", "does not appear to have",
+                    "repository not found", "404", "connection", "couldn't connect",
+                    "cannot tell the pipeline class", "no such file")
+
+
+def looks_missing(exc: BaseException) -> bool:
+    """Whether a library error means "this Hub id is not here" rather than a broken model."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(marker in text for marker in _MISSING_MARKERS)
+
+
+def hub_status(repo_id: str, timeout: float = 3.0) -> str:
+    """One short phrase on whether the Hugging Face Hub has ``repo_id``, for error messages.
+
+    Never raises and never waits longer than ``timeout``: it runs only after a load failed.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return "the Hub was not asked: HF_HUB_OFFLINE is set and the model is not in the cache"
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(  # noqa: S310 - a fixed https endpoint
+            urllib.request.Request(f"{endpoint}/api/models/{repo_id}", method="HEAD"),
+            timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return "the Hub was reachable: the repo is gated or private (set HF_TOKEN)"
+        if exc.code == 404:
+            return "the Hub was reachable: no such repo there"
+        return f"the Hub answered HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return f"the Hub could not be reached ({type(exc).__name__})"
+    return "the Hub was reachable and has the repo, but its files could not be fetched"
+
+
+def missing_model_message(model: str, model_file: str, model_path: str) -> str:
+    """Name every place a model was looked for: the host's ModelFile, the models folder and
+    the Hub id, and whether the Hub was reachable."""
+    looked = [str(c) for c in _local_candidates(model, model_file, model_path)]
+    folder = model_path or "not set (ModelPath)"
+    where = ", ".join(dict.fromkeys(looked)) or "no path given"
+    return (f"model {model or model_file!r} not found: no file or folder at {where} "
+            f"(models folder: {folder}), and as Hugging Face Hub id {model!r}: "
+            f"{hub_status(model)}")

@@ -41,6 +41,7 @@ LOAD_TIME_OPTION_KEYS = frozenset(
         "controlnet_conditioning_scale_default",
         "trust_remote_code",
         "custom_pipeline",
+        "safety_checker",
     }
 )
 
@@ -77,18 +78,24 @@ def parse_option_value(raw: str) -> Any:
     return text
 
 
-def parse_options(options: list[str]) -> dict[str, Any]:
-    """Parse ``key:value`` strings, splitting at the first colon only (values may hold colons)."""
+def parse_options(options: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Parse ``key:value`` strings, splitting at the first colon only (values may hold colons).
+
+    An entry without a colon is skipped with a warning, as LocalAI's own backend skips it:
+    a YAML that loads there must load here. Returns the options and the warnings.
+    """
     parsed: dict[str, Any] = {}
+    warnings: list[str] = []
     for entry in options:
         if not entry.strip():
             continue
         key, sep, value = entry.partition(":")
         key = key.strip()
         if not sep or not key:
-            raise LoadError(f"option {entry!r} is not of the form key:value")
+            warnings.append(f"option {entry!r} ignored: not of the form key:value")
+            continue
         parsed[key] = parse_option_value(value)
-    return parsed
+    return parsed, warnings
 
 
 def parse_dtype_name(value: str) -> str:
@@ -142,9 +149,11 @@ class LoadSpec:
     quantization: str = ""
     tensor_parallel_size: int = 0
     threads: int = 0
-    seed: int = 0
+    seed: int = 0  # recorded only: requests draw their own seed (see generation.pick_seed)
     options: dict[str, Any] = field(default_factory=dict)
     engine_args: dict[str, Any] = field(default_factory=dict)
+    # Problems found while parsing that LocalAI's backend tolerates: served with a warning.
+    warnings: tuple[str, ...] = ()
 
     @property
     def load_options(self) -> dict[str, Any]:
@@ -153,8 +162,16 @@ class LoadSpec:
 
     @property
     def call_options(self) -> dict[str, Any]:
-        """Options passed as default keyword arguments of every pipeline call."""
-        return {k: v for k, v in self.options.items() if k not in LOAD_TIME_OPTION_KEYS}
+        """Options passed as default keyword arguments of every pipeline call.
+
+        ``cfg_scale`` (LocalAI's docs show ``options: ["cfg_scale:6"]``) is the guidance
+        scale; an explicit ``guidance_scale`` option wins over it.
+        """
+        calls = {k: v for k, v in self.options.items() if k not in LOAD_TIME_OPTION_KEYS}
+        if "cfg_scale" in calls:
+            cfg = calls.pop("cfg_scale")
+            calls.setdefault("guidance_scale", cfg)
+        return calls
 
     def torch_dtype_name(self) -> str:
         """The compute dtype: option ``torch_dtype``, then ``DType``, then F16Memory."""
