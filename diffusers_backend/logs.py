@@ -8,8 +8,10 @@ thread exceptions are routed through logging too, so they come out as JSON as we
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import os
 import sys
 import threading
 from datetime import datetime, timezone
@@ -19,6 +21,7 @@ from .timings import RequestTimings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 request_log = logging.getLogger("diffusers_backend.requests")
+_json = False  # set by configure_logging
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,9 +58,32 @@ def configure_logging(level: str, fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level, logging.INFO))
-    if fmt == "json":
+    global _json
+    _json = fmt == "json"
+    if _json:
         logging.captureWarnings(True)
         threading.excepthook = _log_thread_exception
+        # Progress bars are raw terminal text, not log lines; off for log collectors.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def adopt_library_loggers() -> None:
+    """With JSON logs, make transformers and diffusers log through our handler.
+
+    Both libraries install a stderr handler of their own (plain text) and stop
+    propagation; the background import thread calls this before the heavy imports, so
+    their warnings come out as JSON like every other line. A no-op with text logs.
+    """
+    if not _json:
+        return
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        try:
+            library = importlib.import_module(name)
+            library.disable_default_handler()
+            library.enable_propagation()
+            library.disable_progress_bar()
+        except Exception:  # noqa: BLE001 - a library missing or changed: keep its handler
+            logging.getLogger(__name__).debug("cannot adopt %s", name, exc_info=True)
 
 
 def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
