@@ -6,9 +6,11 @@ the pipeline itself, in this order:
 
 * frames and steps: the defaults of its ``__call__`` (``num_frames``, ``num_inference_steps``);
   ``None`` there means the pipeline decides (SVD reads its UNet config), so we pass nothing;
-* frame rate: its ``fps``/``frame_rate`` call parameter where it has one (SVD, LTX-2), else the
-  rate its diffusers example exports with (``export_to_video(..., fps=16)`` in the module's
-  ``EXAMPLE_DOC_STRING``), else :data:`FALLBACK_FPS`.
+* frame rate: the rate its diffusers example exports with (``export_to_video(..., fps=16)`` in
+  the module's ``EXAMPLE_DOC_STRING``; LTX: 24, though its ``frame_rate`` argument defaults
+  to 25), else its ``fps``/``frame_rate`` call parameter (SVD 7, LTX-2 24), else
+  :data:`FALLBACK_FPS`. Video calls get that rate as ``fps``/``frame_rate`` too, so what the
+  model is conditioned on and what the file says agree.
 
 ``FRAMES`` and ``FPS`` (environment) override the pipeline; request fields override both.
 """
@@ -59,9 +61,8 @@ def _example_fps(cls: type) -> int | None:
 def video_defaults(cls: type) -> VideoDefaults:
     """The defaults of pipeline class ``cls`` (cached: read once per class)."""
     parameters = dict(inspect.signature(cls.__call__).parameters)
-    fps = (_positive_int(_default(parameters, "fps"))
-           or _positive_int(_default(parameters, "frame_rate"))
-           or _example_fps(cls) or FALLBACK_FPS)
+    fps = (_example_fps(cls) or _positive_int(_default(parameters, "fps"))
+           or _positive_int(_default(parameters, "frame_rate")) or FALLBACK_FPS)
     return VideoDefaults(frames=_positive_int(_default(parameters, "num_frames")),
                          steps=_positive_int(_default(parameters, "num_inference_steps")),
                          fps=fps)

@@ -178,6 +178,48 @@ def tiny_sd_path() -> Path:
     return cached_build("tiny-sd", _build_sd)
 
 
+def _build_sd_with_safety_checker(path: Path) -> None:
+    """Tiny SD 1.x as many Hub repos ship it: with a safety checker, here one that fires on
+    every image (its concept thresholds are far below any similarity), which blacks it out."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import (
+        StableDiffusionSafetyChecker,
+    )
+    from transformers import CLIPConfig
+
+    try:  # transformers 5 without torchvision: the PIL backend, imported directly
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+                     "num_hidden_layers": 2, "vocab_size": 1000},
+        vision_config={"hidden_size": 32, "image_size": 32, "patch_size": 8,
+                       "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "intermediate_size": 37},
+        projection_dim=32,
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(-10.0)
+        checker.special_care_embeds_weights.fill_(-10.0)
+    components = {**tiny_sd_components(), "safety_checker": checker,
+                  "feature_extractor": ImageProcessor(crop_size=32, size=32)}
+    StableDiffusionPipeline(**components, requires_safety_checker=True).save_pretrained(path)
+    tiny_clip_tokenizer(save_to=path / "tokenizer")
+    index = json.loads((path / "model_index.json").read_text())
+    index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
+    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def tiny_sd_with_safety_checker_path() -> Path:
+    """Folder of the tiny SD pipeline with an always-firing safety checker."""
+    return cached_build("tiny-sd-safety-checker", _build_sd_with_safety_checker)
+
+
 # --------------------------------------------------------------------------------------
 # Adapters and extra pipelines built on the tiny SD components
 # --------------------------------------------------------------------------------------
