@@ -251,6 +251,8 @@ def serve(addr: str) -> int:
         return 1
     server.start()
     log.info("serving on %s (%s)", addr, settings)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
     threading.Thread(target=warm_imports, args=(imports_ready,), name="warm-imports",
                      daemon=True).start()
     if settings.compel:

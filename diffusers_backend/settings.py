@@ -27,9 +27,9 @@ class Settings:
     clip_skip_enabled: bool = True  # CLIPSKIP: honour CLIPSkip values
     safetensors_only: bool = True  # SAFETENSORS: refuse pickle checkpoints
     chunk_size: int = 8  # CHUNK_SIZE: frames decoded at once for video models
-    fps: int = 7  # FPS: default frames per second of videos
+    fps: int = 0  # FPS: frames per second of videos; 0 = the loaded family's own rate
     disable_cpu_offload: bool = False  # DISABLE_CPU_OFFLOAD: never offload to CPU
-    frames: int = 64  # FRAMES: default number of video frames
+    frames: int = 0  # FRAMES: number of video frames; 0 = the pipeline's own default
     bfl_repo: str = "ChuckMcSneed/FLUX.1-dev"  # BFL_REPO: Flux base repo (quantized loads)
     max_workers: int = 1  # PYTHON_GRPC_MAX_WORKERS: gRPC thread pool size
     max_batch: int = 16  # DIFFUSERS_MAX_BATCH: text-to-image requests sharing one call
@@ -44,6 +44,8 @@ class Settings:
     max_input_pixels: int = 8192 * 8192  # DIFFUSERS_MAX_INPUT_PIXELS: largest input image
     allow_remote_code: bool = False  # DIFFUSERS_ALLOW_REMOTE_CODE: trust_remote_code etc.
     shutdown_grace: float = 30.0  # DIFFUSERS_SHUTDOWN_GRACE: seconds to finish on SIGTERM
+    # Values we could not use but start anyway with a default (logged at start-up).
+    warnings: tuple[str, ...] = ()
     metrics_addr: str = ""  # DIFFUSERS_METRICS_ADDR: host:port of /metrics; empty = off
     log_format: str = "text"  # DIFFUSERS_LOG_FORMAT: text or json (one object per line)
 
@@ -97,6 +99,25 @@ def parse_duration(name: str, raw: str) -> float:
     return value
 
 
+def _parent_watch(env: Mapping[str, str], warnings: list[str]) -> tuple[bool, float]:
+    """LOCALAI_BACKEND_PARENT_WATCH(_INTERVAL), read as LocalAI's own backends read them.
+
+    Only a falsey value (false/0/no/off) switches the watch off; empty or anything else
+    leaves it on. A malformed interval falls back to 2 s. Never a reason to refuse to start:
+    the host sets these for every backend it runs.
+    """
+    raw = env.get("LOCALAI_BACKEND_PARENT_WATCH", "").strip().lower()
+    enabled = raw not in {"false", "0", "no", "off"}
+    interval = 2.0
+    interval_raw = env.get("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", "").strip()
+    if interval_raw:
+        try:
+            interval = parse_duration("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", interval_raw)
+        except SettingsError as exc:
+            warnings.append(f"{exc}; using 2s")
+    return enabled, interval
+
+
 def _log_level(env: Mapping[str, str]) -> str:
     raw = env.get("DIFFUSERS_LOG_LEVEL", "").strip().upper() or "INFO"
     if raw not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -132,7 +153,8 @@ def _log_format(env: Mapping[str, str]) -> str:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default ``os.environ``); raise on bad values."""
     env = os.environ if env is None else env
-    interval_raw = env.get("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", "").strip()
+    warnings: list[str] = []
+    parent_watch, parent_watch_interval = _parent_watch(env, warnings)
     grace_raw = env.get("DIFFUSERS_SHUTDOWN_GRACE", "").strip()
     return Settings(
         compel=_bool(env, "COMPEL", False),
@@ -140,9 +162,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         clip_skip_enabled=_bool(env, "CLIPSKIP", True),
         safetensors_only=_bool(env, "SAFETENSORS", True),
         chunk_size=_int(env, "CHUNK_SIZE", 8, minimum=1),
-        fps=_int(env, "FPS", 7, minimum=1),
+        fps=_int(env, "FPS", 0, minimum=0),
         disable_cpu_offload=_bool(env, "DISABLE_CPU_OFFLOAD", False),
-        frames=_int(env, "FRAMES", 64, minimum=1),
+        frames=_int(env, "FRAMES", 0, minimum=0),
         bfl_repo=env.get("BFL_REPO", "").strip() or "ChuckMcSneed/FLUX.1-dev",
         max_workers=_int(env, "PYTHON_GRPC_MAX_WORKERS", 1, minimum=1),
         max_queue=_int(env, "DIFFUSERS_MAX_QUEUE", 32, minimum=0),
@@ -150,12 +172,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_batch=_int(env, "DIFFUSERS_MAX_BATCH", 16, minimum=1),
         max_batch_pixels=_int(env, "DIFFUSERS_MAX_BATCH_PIXELS", 4 * 1024 * 1024, minimum=64),
         auth_token=env.get("LOCALAI_GRPC_AUTH_TOKEN", "").strip(),
-        parent_watch=_bool(env, "LOCALAI_BACKEND_PARENT_WATCH", True),
-        parent_watch_interval=(
-            parse_duration("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", interval_raw)
-            if interval_raw
-            else 2.0
-        ),
+        parent_watch=parent_watch,
+        parent_watch_interval=parent_watch_interval,
         max_pixels=_int(env, "DIFFUSERS_MAX_PIXELS", 4096 * 4096, minimum=64),
         max_steps=_int(env, "DIFFUSERS_MAX_STEPS", 500, minimum=1),
         max_input_pixels=_int(env, "DIFFUSERS_MAX_INPUT_PIXELS", 8192 * 8192, minimum=64),
@@ -163,6 +181,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         shutdown_grace=(
             parse_duration("DIFFUSERS_SHUTDOWN_GRACE", grace_raw) if grace_raw else 30.0
         ),
+        warnings=tuple(warnings),
         metrics_addr=parse_metrics_addr(env.get("DIFFUSERS_METRICS_ADDR", "")),
         log_format=_log_format(env),
     )
