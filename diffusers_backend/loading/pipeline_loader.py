@@ -49,12 +49,25 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
+# pipeline_type values that mean "the class the model itself declares" (its model_index.json,
+# checkpoint or Hub entry). DiffusionPipeline.from_pretrained does that lookup anyway; doing it
+# here lets the family's special loader apply. VideoDiffusionPipeline is no diffusers class:
+# LocalAI's docs use it for text-to-video models and its backend loads it as DiffusionPipeline.
+_MODEL_DECLARED_TYPES = frozenset({"diffusionpipeline", "videodiffusionpipeline"})
+
+
 def resolve_class(spec: LoadSpec, ref: ModelRef) -> type:
-    """PipelineType as a class name or task; else what the model itself declares."""
+    """PipelineType as a class name, a model class a special loader builds a pipeline around
+    (FluxTransformer2DModel) or a task; else what the model itself declares."""
     import diffusers_dynamic_loader as dl
 
     wanted = spec.pipeline_type.strip()
+    if wanted.lower() in _MODEL_DECLARED_TYPES:
+        wanted = ""
     if wanted:
+        component = special.component_class(wanted)
+        if component is not None:
+            return component
         try:
             return dl.resolve_pipeline_class(class_name=wanted)
         except ValueError as class_error:

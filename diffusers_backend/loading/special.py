@@ -1,14 +1,17 @@
 """The few pipeline families that need more than ``from_pretrained``.
 
 Every other pipeline loads through :func:`default_load`. A special case is one small
-function registered in :data:`SPECIAL_LOADERS` under the pipeline class names it serves.
-Each one runs in the tests on a tiny real pipeline of its family (tests/tiny_special_models).
+function registered in :data:`SPECIAL_LOADERS` under the pipeline class names it serves;
+:data:`COMPONENT_LOADERS` adds ``pipeline_type`` values that name a diffusers model class
+(LocalAI's ``FluxTransformer2DModel``) and build the pipeline around it. Each one runs in the
+tests on a tiny real pipeline of its family (tests/tiny_special_models, tiny_pipeline_types).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import LoadError
@@ -38,6 +41,118 @@ def default_load(
     return cls.from_pretrained(ref.location, **kwargs)
 
 
+_QUANTO_WEIGHTS = {"fp8": "qfloat8", "qfloat8": "qfloat8", "int8": "qint8", "qint8": "qint8",
+                   "int4": "qint4", "qint4": "qint4"}
+# ``Quantization`` values that keep full-precision weights where quantizing is the default.
+_NO_QUANTIZATION = frozenset({"none", "no", "off"})
+
+
+def _quanto_weights(quantization: str) -> str:
+    """optimum-quanto weight type for a ``Quantization`` value; unknown values fail by name."""
+    weights = _QUANTO_WEIGHTS.get(quantization.strip().lower())
+    if weights is None:
+        raise LoadError(
+            f"unknown quantization {quantization!r} for Flux; use fp8, int8 or int4"
+        )
+    return weights
+
+
+def _quanto() -> Any:
+    """optimum.quanto, or a LoadError saying what to install (checked before any weights load)."""
+    try:
+        from optimum import quanto
+    except ImportError:
+        raise LoadError(
+            "quantization for Flux needs optimum-quanto: pip install optimum-quanto"
+        ) from None
+    return quanto
+
+
+def _quantize(module: Any, weights: str) -> None:
+    """Quantize ``module``'s weights in place with optimum-quanto and freeze them."""
+    quanto = _quanto()
+    quanto.quantize(module, weights=getattr(quanto, weights))
+    quanto.freeze(module)
+
+
+def _check_cpu_quantization(weights: str | None, dtype: Any, spec: LoadSpec,
+                            settings: Settings) -> None:
+    """Refuse what crashes: optimum-quanto's CPU kernels segfault on qint8 weights with
+    bfloat16 activations (0.2.7, measured here), which would kill the whole server."""
+    import torch
+
+    from .placement import pick_device
+
+    if weights != "qint8" or dtype != torch.bfloat16 or pick_device(spec, settings) != "cpu":
+        return
+    raise LoadError(
+        "int8 quantization with bfloat16 crashes optimum-quanto on CPU; on CPU use "
+        "quantization fp8, or the option torch_dtype:fp32"
+    )
+
+
+def _transformer_config_source(kwargs: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Where ``from_single_file`` reads a Flux transformer's config.
+
+    The ``config`` option first, then ``BFL_REPO`` when it is a local folder (the same
+    architecture, on disk: works offline); else nothing, and diffusers infers the config from
+    the checkpoint's keys (dev or schnell) and fetches it from the Hub, as LocalAI does.
+    """
+    config = kwargs.get("config")
+    if not config and Path(settings.bfl_repo).expanduser().is_dir():
+        config = str(Path(settings.bfl_repo).expanduser())
+    if not config:
+        return {}
+    flat = (Path(config) / "config.json").is_file()  # a transformer folder, not a pipeline
+    return {"config": config} if flat else {"config": config, "subfolder": "transformer"}
+
+
+def _load_flux_transformer_weights(ref: ModelRef, dtype: Any, kwargs: dict[str, Any],
+                                   settings: Settings) -> Any:
+    """The Flux transformer of ``ref``: a single file, a transformer folder or a Flux folder."""
+    from diffusers import FluxTransformer2DModel
+
+    if ref.kind is RefKind.SINGLE_FILE:
+        return FluxTransformer2DModel.from_single_file(
+            ref.location, torch_dtype=dtype, **_transformer_config_source(kwargs, settings))
+    folder = Path(ref.location)
+    if ref.kind is RefKind.FOLDER and (folder / "config.json").is_file() and not (
+        folder / "model_index.json"
+    ).is_file():
+        return FluxTransformer2DModel.from_pretrained(ref.location, torch_dtype=dtype)
+    return FluxTransformer2DModel.from_pretrained(ref.location, subfolder="transformer",
+                                                  torch_dtype=dtype)
+
+
+def _flux_on_base(pipeline_cls: type, transformer: Any, dtype: Any, weights: str | None,
+                  kwargs: dict[str, Any], settings: Settings) -> Any:
+    """A Flux pipeline from ``BFL_REPO`` around ``transformer``; T5 quantized like it."""
+    from transformers import T5EncoderModel
+
+    if weights:
+        _quantize(transformer, weights)
+    text_encoder_2 = T5EncoderModel.from_pretrained(
+        settings.bfl_repo, subfolder="text_encoder_2", torch_dtype=dtype
+    )
+    if weights:
+        _quantize(text_encoder_2, weights)
+    # config/original_config describe the user's file, variant its repo: not the base's.
+    base_kwargs = {k: v for k, v in kwargs.items()
+                   if k not in {"variant", "config", "original_config"}}
+    base_kwargs["torch_dtype"] = dtype
+    if settings.safetensors_only:
+        base_kwargs.setdefault("use_safetensors", True)
+    pipe = pipeline_cls.from_pretrained(
+        settings.bfl_repo, transformer=None, text_encoder_2=None, **base_kwargs
+    )
+    pipe.transformer = transformer
+    pipe.text_encoder_2 = text_encoder_2
+    log.info("Flux transformer and T5 encoder %s, base %s",
+             f"quantized to {weights} (optimum-quanto)" if weights else "not quantized",
+             settings.bfl_repo)
+    return pipe
+
+
 def load_flux(
     cls: type, ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
 ) -> Any:
@@ -48,45 +163,39 @@ def load_flux(
     """
     if not spec.quantization:
         return default_load(cls, ref, kwargs, spec, settings)
-    weights = {"fp8": "qfloat8", "qfloat8": "qfloat8", "int8": "qint8", "qint8": "qint8",
-               "int4": "qint4", "qint4": "qint4"}.get(spec.quantization.lower())
-    if weights is None:
-        raise LoadError(
-            f"unknown quantization {spec.quantization!r} for Flux; use fp8, int8 or int4"
-        )
-    try:
-        from optimum import quanto
-    except ImportError:
-        raise LoadError(
-            "quantization for Flux needs optimum-quanto: pip install optimum-quanto"
-        ) from None
-    from diffusers import FluxTransformer2DModel
-    from transformers import T5EncoderModel
-
-    qtype = getattr(quanto, weights)
+    weights = _quanto_weights(spec.quantization)
+    _quanto()
     dtype = kwargs.get("torch_dtype")
-    if ref.kind is RefKind.SINGLE_FILE:
-        transformer = FluxTransformer2DModel.from_single_file(ref.location, torch_dtype=dtype)
-    else:
-        transformer = FluxTransformer2DModel.from_pretrained(
-            ref.location, subfolder="transformer", torch_dtype=dtype
-        )
-    quanto.quantize(transformer, weights=qtype)
-    quanto.freeze(transformer)
-    text_encoder_2 = T5EncoderModel.from_pretrained(
-        settings.bfl_repo, subfolder="text_encoder_2", torch_dtype=dtype
-    )
-    quanto.quantize(text_encoder_2, weights=qtype)
-    quanto.freeze(text_encoder_2)
-    base_kwargs = {k: v for k, v in kwargs.items() if k != "variant"}
-    pipe = cls.from_pretrained(
-        settings.bfl_repo, transformer=None, text_encoder_2=None, **base_kwargs
-    )
-    pipe.transformer = transformer
-    pipe.text_encoder_2 = text_encoder_2
-    log.info("Flux transformer and T5 encoder quantized to %s (optimum-quanto), base %s",
-             weights, settings.bfl_repo)
-    return pipe
+    _check_cpu_quantization(weights, dtype, spec, settings)
+    transformer = _load_flux_transformer_weights(ref, dtype, kwargs, settings)
+    return _flux_on_base(cls, transformer, dtype, weights, kwargs, settings)
+
+
+def load_flux_transformer(
+    cls: type, ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
+) -> Any:
+    """``pipeline_type: FluxTransformer2DModel`` (LocalAI's name): the model is a Flux
+    transformer alone, and a FluxPipeline is built around it.
+
+    The transformer is ModelFile (a single file, a transformer folder, or a Flux folder's
+    ``transformer/``); text encoders, VAE and scheduler come from ``BFL_REPO``. Transformer
+    and T5 are quantized to qfloat8 with optimum-quanto, as LocalAI does, unless
+    ``Quantization`` names another type (fp8, int8, int4) or ``none``. The dtype is bfloat16,
+    as in LocalAI (f16 too: Flux is published and run in bfloat16), unless the ``torch_dtype``
+    option or ``DType`` sets one.
+    """
+    import torch
+    from diffusers import FluxPipeline
+
+    wanted = spec.quantization.strip().lower() or "fp8"
+    weights = None if wanted in _NO_QUANTIZATION else _quanto_weights(wanted)
+    if weights:
+        _quanto()
+    explicit_dtype = "torch_dtype" in spec.options or bool(spec.dtype.strip())
+    dtype = getattr(torch, spec.torch_dtype_name()) if explicit_dtype else torch.bfloat16
+    _check_cpu_quantization(weights, dtype, spec, settings)
+    transformer = _load_flux_transformer_weights(ref, dtype, kwargs, settings)
+    return _flux_on_base(FluxPipeline, transformer, dtype, weights, kwargs, settings)
 
 
 def load_wan(
@@ -139,7 +248,14 @@ def load_svd(
     return pipe
 
 
+# pipeline_type values naming a diffusers *model* class rather than a pipeline (LocalAI's
+# FluxTransformer2DModel): their loader builds the whole pipeline around that model.
+COMPONENT_LOADERS: dict[str, Loader] = {
+    "FluxTransformer2DModel": load_flux_transformer,
+}
+
 SPECIAL_LOADERS: dict[str, Loader] = {
+    **COMPONENT_LOADERS,
     "FluxPipeline": load_flux,
     "FluxImg2ImgPipeline": load_flux,
     "FluxInpaintPipeline": load_flux,
@@ -155,3 +271,14 @@ SPECIAL_LOADERS: dict[str, Loader] = {
 def loader_for(class_name: str) -> Loader:
     """The loader registered for a pipeline class, else :func:`default_load`."""
     return SPECIAL_LOADERS.get(class_name, default_load)
+
+
+def component_class(name: str) -> type | None:
+    """The diffusers model class a ``pipeline_type`` names, when a loader here builds a
+    pipeline around it (case-insensitive, like pipeline names); else None."""
+    found = {key.lower(): key for key in COMPONENT_LOADERS}.get(name.strip().lower())
+    if found is None:
+        return None
+    import diffusers
+
+    return getattr(diffusers, found)
