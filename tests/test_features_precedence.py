@@ -53,6 +53,7 @@ def test_model_seed_never_pins_unseeded_requests(backend, tiny_sd, tmp_path):
     assert not same(tmp_path / "a.png", tmp_path / "b.png")
     own = backend.image(tmp_path / "c.png", seed=7)
     again = backend.image(tmp_path / "d.png", seed=7)
+    assert "seed=7;" in again.message
     assert "seed=7;" in own.message
     assert same(tmp_path / "c.png", tmp_path / "d.png")
 
