@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -50,7 +51,8 @@ def metrics_server(tmp_path_factory):
     port = free_port()
     server = start_backend(
         tmp_path_factory.mktemp("metrics"),
-        env={"DIFFUSERS_METRICS_ADDR": f"127.0.0.1:{port}", "LOCALAI_GRPC_AUTH_TOKEN": TOKEN},
+        env={"DIFFUSERS_METRICS_ADDR": f"127.0.0.1:{port}", "LOCALAI_GRPC_AUTH_TOKEN": TOKEN,
+             "PYTHON_GRPC_MAX_WORKERS": "4"},
         metadata=AUTH)
     yield server, f"http://127.0.0.1:{port}/metrics"
     server.stop()
@@ -105,6 +107,33 @@ def test_counts_after_real_requests(metrics_server, tiny_sd, tmp_path):
     assert value(after, "process_resident_memory_bytes") > 0  # the standard process_* set
     # No GPU here: GPU series appear only once torch.cuda is initialised.
     assert not any(name.startswith("diffusers_gpu_memory") for name, _ in after)
+
+
+def test_batched_burst_counts_images_per_image_and_batches_per_call(metrics_server, tiny_sd,
+                                                                    tmp_path):
+    server, url = metrics_server
+    assert server.load(tiny_sd).success
+    before = samples(scrape(url))
+
+    def one(i):
+        return server.image(tmp_path / f"b{i}.png", seed=10 + i, step=2,
+                            positive_prompt=f"cube {i}")
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(r.success for r in pool.map(one, range(8)))
+    after = samples(scrape(url))
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    pipe = {"pipeline": "StableDiffusionPipeline"}
+    assert delta("diffusers_images_total", **pipe) == 8
+    assert delta("diffusers_denoising_steps_total", **pipe) == 16
+    assert delta("diffusers_batch_size_sum") == 8  # every request in exactly one call
+    assert delta("diffusers_batch_size_count") < 8  # ...and some calls served several
+    assert delta("diffusers_queue_wait_seconds_count") == 8
+    assert delta("diffusers_generation_seconds_count", **pipe, size="<=256x256") == 8
+    assert value(after, "diffusers_queue_depth") == 0
 
 
 def test_endpoint_requires_the_grpc_token(metrics_server):
