@@ -1,9 +1,9 @@
-"""The loaded model and everything that touches it: state, locking, variants, Free.
+"""The model's life cycle (LoadModel, Free, Status) and the entry point of each request.
 
-Pipeline calls run on one worker thread (``work_queue``), under one lock: a diffusers
-pipeline keeps per-call state in its scheduler, so two calls on one pipeline would race.
-Loading happens outside that lock and swaps the new model in under it, so a failed load
-keeps the old model serving and a load never frees weights under a running generation.
+The :class:`~diffusers_backend.engine.Engine` owns the loaded model and runs every pipeline
+call; this module loads a model outside the engine's lock and swaps it in under it, so a
+failed load keeps the old model serving and a load never frees weights under a running
+generation. A request is validated here, in its own thread, and handed to the engine.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import replace
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
+from .engine import Engine
 from .errors import (
     FailedPrecondition,
-    InvalidArgument,
     LoadError,
     NotFound,
     Unavailable,
@@ -27,7 +27,6 @@ from .errors import (
 from .jobs import ImageJob, UpscaleJob, VideoJob
 from .loading.spec import LoadSpec
 from .settings import Settings
-from .work_queue import PipelineWorker, Ticket
 
 if TYPE_CHECKING:
     from .loading.pipeline_loader import LoadedPipeline
@@ -44,35 +43,6 @@ class State(IntEnum):
     UNINITIALIZED = 0
     BUSY = 1
     READY = 2
-
-
-class Variants:
-    """img2img / inpainting pipelines made on the loaded weights with ``from_pipe``.
-
-    ``from_pipe`` shares every component, so a variant costs no second copy of the model.
-    """
-
-    def __init__(self, pipe: Any) -> None:
-        self._pipe = pipe
-        self._made: dict[str, Any] = {}
-
-    def get(self, task: str) -> Any:
-        if task not in self._made:
-            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
-
-            auto = {"img2img": AutoPipelineForImage2Image,
-                    "inpaint": AutoPipelineForInpainting}[task]
-            try:
-                variant = auto.from_pipe(self._pipe)
-            except ValueError:
-                raise InvalidArgument(
-                    f"the loaded {type(self._pipe).__name__} has no {task} variant in diffusers;"
-                    f" load an {task} pipeline_type for this request"
-                ) from None
-            if hasattr(variant, "set_progress_bar_config"):
-                variant.set_progress_bar_config(disable=True)
-            self._made[task] = variant
-        return self._made[task]
 
 
 def release_memory() -> None:
@@ -108,24 +78,17 @@ def _drop_unaccepted_options(loaded: LoadedPipeline, unknown: list[str]) -> None
 
 
 class ModelRuntime:
-    """Holds at most one loaded model and runs requests on it one at a time."""
+    """Holds at most one loaded model (through its engine) and serves requests on it."""
 
     def __init__(self, settings: Settings, imports_ready: threading.Event | None = None):
         self.settings = settings
         self._imports_ready = imports_ready
-        self._pipe_lock = threading.Lock()  # held for every pipeline call and for swaps
         self._load_lock = threading.Lock()  # one LoadModel at a time
         self._state_lock = threading.Lock()
-        self._loaded: LoadedPipeline | None = None
-        self._variants: Variants | None = None
         self._busy = 0
         self._last_load_failed = False
         self._closing = False
-        self._worker = PipelineWorker(settings, self._pipe_lock, self._snapshot,
-                                      self._release_memory)
-
-    def _snapshot(self) -> tuple[LoadedPipeline | None, Variants | None]:
-        return self._loaded, self._variants
+        self.engine = Engine(settings, self._release_memory)
 
     # -- state -------------------------------------------------------------
     @property
@@ -133,13 +96,13 @@ class ModelRuntime:
         with self._state_lock:
             if self._busy:
                 return State.BUSY
-            if self._loaded is not None:
+            if self.engine.loaded is not None:
                 return State.READY
             return State.ERROR if self._last_load_failed else State.UNINITIALIZED
 
     @property
     def model_name(self) -> str:
-        loaded = self._loaded
+        loaded = self.engine.loaded
         return loaded.spec.model if loaded is not None else ""
 
     def _release_memory(self) -> None:
@@ -162,17 +125,17 @@ class ModelRuntime:
     def load(self, spec: LoadSpec) -> LoadedPipeline:
         """Load a model and swap it in; on failure the previous model stays loaded."""
         self._wait_for_imports()
-        from . import generation
+        from .calls import unaccepted_call_options
         from .loading.pipeline_loader import load_pipeline
 
         with self._load_lock:
             try:
                 loaded = load_pipeline(spec, self.settings)
-                _drop_unaccepted_options(loaded, generation.unaccepted_call_options(
+                _drop_unaccepted_options(loaded, unaccepted_call_options(
                     loaded.pipe, loaded.spec.call_options))
             except Exception as exc:
                 with self._state_lock:
-                    self._last_load_failed = self._loaded is None
+                    self._last_load_failed = self.engine.loaded is None
                 self._release_memory()
                 if is_out_of_memory(exc):
                     raise LoadError(
@@ -180,21 +143,16 @@ class ModelRuntime:
                         "smaller model"
                     ) from exc
                 raise
-            with self._pipe_lock:
-                old, self._loaded = self._loaded, loaded
-                self._variants = Variants(loaded.pipe)
-                self._last_load_failed = False
+            old = self.engine.swap(loaded)
+            self._last_load_failed = False
             del old
             self._release_memory()
             return loaded
 
     def free(self) -> bool:
         """Drop the model and its variants; waits for a running generation first."""
-        with self._pipe_lock:
-            had_model = self._loaded is not None
-            self._loaded = None
-            self._variants = None
-            self._last_load_failed = False
+        had_model = self.engine.swap(None) is not None
+        self._last_load_failed = False
         self._release_memory()
         return had_model
 
@@ -208,90 +166,52 @@ class ModelRuntime:
                 f"the request is for {identity!r}"
             )
 
-    def _run(self, ticket: Ticket, *,
-             precheck: Callable[[LoadedPipeline], None] | None = None) -> str:
-        """Run a ticket on the pipeline worker, one pipeline call at a time.
-
-        Order: shutting down? model loaded? then ``precheck`` (cheap request validation in
-        the request's own thread, so a bad request is refused in milliseconds even while
-        another generation runs), then the worker's queue.
-        """
+    def _serve(self, make_plan: Callable[[LoadedPipeline], Any],
+               is_cancelled: IsCancelled) -> str:
+        """Validate a request against the loaded model in this thread (a bad one is refused
+        in milliseconds, however busy the engine is), then hand it to the engine."""
         if self._closing:
             raise Unavailable("the backend is shutting down")
         with self._state_lock:
             self._busy += 1
         try:
-            snapshot = self._loaded
-            if snapshot is None:
-                raise FailedPrecondition("no model is loaded: call LoadModel first")
-            if precheck is not None:
-                precheck(snapshot)
-            return self._worker.submit(ticket)
+            with self.engine.arriving() as arrival:
+                loaded = self.engine.loaded
+                if loaded is None:
+                    raise FailedPrecondition("no model is loaded: call LoadModel first")
+                plan = make_plan(loaded)
+                return self.engine.submit(plan, is_cancelled, arrival)
         finally:
             with self._state_lock:
                 self._busy -= 1
 
-    def _check_inputs(self, fields: list[tuple[str, str]]) -> None:
-        from . import media
-
-        for field, path in fields:
-            if path:
-                media.check_input_path(path, field=field)
-
-    def _precheck_image(self, job: ImageJob) -> Callable[[LoadedPipeline], None]:
-        def check(loaded: LoadedPipeline) -> None:
-            from . import generation, media
-
-            generation.check_steps(job.steps, self.settings)
-            generation.check_size(job.width, job.height, loaded.pipe, self.settings)
-            media.check_output_path(job.dst)
-            inputs = [] if (job.src and media.is_inpaint_json(job.src)) else [("src", job.src)]
-            inputs += [(f"ref_images[{i}]", ref) for i, ref in enumerate(job.ref_images)]
-            self._check_inputs(inputs)
-
-        return check
-
-    def _precheck_video(self, job: VideoJob) -> Callable[[LoadedPipeline], None]:
-        def check(loaded: LoadedPipeline) -> None:
-            from . import generation, media
-
-            generation.plan_video(loaded, job, self.settings)  # an image model: refused here
-            generation.check_size(job.width, job.height, loaded.pipe, self.settings)
-            media.check_output_path(job.dst)
-            self._check_inputs([("start_image", job.start_image), ("end_image", job.end_image)])
-
-        return check
-
     def generate_image(self, job: ImageJob, is_cancelled: IsCancelled) -> str:
-        from . import generation
+        from .image_task import plan_image
+        from .video_task import makes_video, plan_video, video_job_from_image
 
-        loaded = self._loaded
-        if loaded is not None and generation.makes_video(loaded.pipe):
-            # LocalAI's img2vid / txt2vid examples go through the image endpoint.
-            return self.generate_video(generation.video_job_from_image(job), is_cancelled)
-        return self._run(Ticket(is_cancelled, image_job=job),
-                         precheck=self._precheck_image(job))
+        def plan(loaded: LoadedPipeline) -> Any:
+            if makes_video(loaded.pipe):
+                # LocalAI's img2vid / txt2vid examples go through the image endpoint.
+                return plan_video(loaded, video_job_from_image(job), self.settings)
+            return plan_image(loaded, job, self.settings)
+
+        return self._serve(plan, is_cancelled)
 
     def generate_video(self, job: VideoJob, is_cancelled: IsCancelled) -> str:
-        from . import generation
+        from .video_task import plan_video
 
-        def work(loaded: LoadedPipeline, _variants: Variants) -> str:
-            return generation.run_video(loaded, job, self.settings, is_cancelled)
-
-        return self._run(Ticket(is_cancelled, work=work), precheck=self._precheck_video(job))
+        return self._serve(lambda loaded: plan_video(loaded, job, self.settings), is_cancelled)
 
     def upscale(self, job: UpscaleJob, is_cancelled: IsCancelled) -> str:
-        from . import generation
+        from .upscale_task import UpscalePlan, is_upscaler, plan_upscale
 
-        loaded = self._loaded
-        if loaded is None or not generation.is_upscaler(loaded.pipe):
-            # The Lanczos path needs no model and no pipeline.
-            return generation.run_upscale(None, job, self.settings, is_cancelled)
-
-        def work(loaded: LoadedPipeline, _variants: Variants) -> str:
-            return generation.run_upscale(loaded, job, self.settings, is_cancelled)
-
-        return self._run(Ticket(is_cancelled, work=work))
+        loaded = self.engine.loaded
+        if loaded is None or not is_upscaler(loaded.pipe):
+            # The Lanczos path needs no model and no pipeline thread.
+            plan = plan_upscale(None, job, self.settings)
+            return plan.write(UpscalePlan.run([plan], None, is_cancelled)[0])
+        return self._serve(lambda current: plan_upscale(current, job, self.settings),
+                           is_cancelled)
 
     # -- Status ------------------------------------------------------------
     def memory(self) -> tuple[int, dict[str, int]]:

@@ -143,7 +143,7 @@ def warm_imports(done: threading.Event) -> None:
 
         import diffusers_dynamic_loader
 
-        from . import generation  # noqa: F401
+        from . import engine, image_task, video_task  # noqa: F401
 
         diffusers_dynamic_loader.get_available_pipelines()
     except Exception:  # noqa: BLE001 - logged; LoadModel reports the import error itself

@@ -33,6 +33,12 @@ class Settings:
     bfl_repo: str = "ChuckMcSneed/FLUX.1-dev"  # BFL_REPO: Flux base repo (quantized loads)
     max_workers: int = 1  # PYTHON_GRPC_MAX_WORKERS: gRPC thread pool size
     max_batch: int = 16  # DIFFUSERS_MAX_BATCH: text-to-image requests sharing one call
+    # DIFFUSERS_BATCH_WINDOW_MS: how long a batch waits for requests still being validated;
+    # None = adaptive (10 % of the last pipeline call, 2 to 50 ms), 0 = never wait
+    batch_window_ms: float | None = None
+    output_writers: int = 2  # DIFFUSERS_OUTPUT_WRITERS: threads encoding and writing outputs
+    png_compression: int = 1  # DIFFUSERS_PNG_COMPRESSION: zlib level 0-9 of written PNGs
+    idle_release_s: float = 2.0  # DIFFUSERS_IDLE_RELEASE_S: give cached GPU memory back
     max_batch_pixels: int = 4 * 1024 * 1024  # DIFFUSERS_MAX_BATCH_PIXELS: pixels per batch
     log_level: str = "INFO"  # DIFFUSERS_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR
     max_queue: int = 32  # DIFFUSERS_MAX_QUEUE: extra threads so queued requests are validated
@@ -118,6 +124,38 @@ def _parent_watch(env: Mapping[str, str], warnings: list[str]) -> tuple[bool, fl
     return enabled, interval
 
 
+def _window_ms(env: Mapping[str, str]) -> float | None:
+    """DIFFUSERS_BATCH_WINDOW_MS: milliseconds, or empty/``auto`` for the adaptive window."""
+    raw = env.get("DIFFUSERS_BATCH_WINDOW_MS", "").strip().lower()
+    if raw in {"", "auto"}:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(
+            f"DIFFUSERS_BATCH_WINDOW_MS must be milliseconds or auto, got {raw!r}") from None
+    if not 0 <= value <= 10_000:
+        raise SettingsError(f"DIFFUSERS_BATCH_WINDOW_MS must be 0 to 10000, got {raw!r}")
+    return value
+
+
+def _png_level(env: Mapping[str, str]) -> int:
+    level = _int(env, "DIFFUSERS_PNG_COMPRESSION", 1, minimum=0)
+    if level > 9:
+        raise SettingsError(f"DIFFUSERS_PNG_COMPRESSION must be 0 to 9, got {level}")
+    return level
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration (``500ms``, ``2s``, ``3``), or ``0`` to switch the feature off."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw in {"0", "0s", "0ms", "off"}:
+        return 0.0
+    return parse_duration(name, raw)
+
+
 def _log_level(env: Mapping[str, str]) -> str:
     raw = env.get("DIFFUSERS_LOG_LEVEL", "").strip().upper() or "INFO"
     if raw not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -170,6 +208,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_queue=_int(env, "DIFFUSERS_MAX_QUEUE", 32, minimum=0),
         log_level=_log_level(env),
         max_batch=_int(env, "DIFFUSERS_MAX_BATCH", 16, minimum=1),
+        batch_window_ms=_window_ms(env),
+        output_writers=_int(env, "DIFFUSERS_OUTPUT_WRITERS", 2, minimum=1),
+        png_compression=_png_level(env),
+        idle_release_s=_seconds(env, "DIFFUSERS_IDLE_RELEASE_S", 2.0),
         max_batch_pixels=_int(env, "DIFFUSERS_MAX_BATCH_PIXELS", 4 * 1024 * 1024, minimum=64),
         auth_token=env.get("LOCALAI_GRPC_AUTH_TOKEN", "").strip(),
         parent_watch=parent_watch,

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoadError
+from ..errors import BackendError, LoadError
 from ..settings import Settings
 from . import adapters, placement, special
-from .model_ref import ModelRef, RefKind, resolve_model_ref
+from .model_ref import (
+    ModelRef,
+    RefKind,
+    looks_missing,
+    missing_model_message,
+    resolve_model_ref,
+)
 from .spec import LoadSpec
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,9 @@ class LoadedPipeline:
     load_seconds: float = 0.0
     description: str = ""
     lora_adapters: list[str] = field(default_factory=list)
+    # What was tolerated rather than refused (LocalAI's backend loads these too): shown in
+    # LoadModel's reply and the log.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def class_name(self) -> str:
@@ -97,8 +106,47 @@ def _local_or_hub(reference: str, model_path: str) -> str:
     return str(path) if path.exists() else reference
 
 
+def keeps_safety_checker(spec: LoadSpec) -> bool:
+    """The option ``safety_checker:true`` keeps a repo's NSFW checker; off by default, as in
+    LocalAI's backend (a checker that fires turns the whole image black)."""
+    return spec.options.get("safety_checker") is True
+
+
+def _declares_safety_checker(cls: type, ref: ModelRef) -> bool:
+    """Whether loading ``cls`` from ``ref`` would build a safety checker component."""
+    import inspect
+
+    if "safety_checker" in inspect.signature(cls.__init__).parameters:
+        return True
+    index = Path(ref.location) / "model_index.json"
+    if ref.kind is RefKind.FOLDER and index.is_file():
+        import json
+
+        try:
+            return "safety_checker" in json.loads(index.read_text())
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+def _safety_checker_kwargs(cls: type, ref: ModelRef, spec: LoadSpec) -> dict[str, Any]:
+    """Skip loading the safety checker at all (saves its weights) unless it is kept."""
+    if keeps_safety_checker(spec) or not _declares_safety_checker(cls, ref):
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
+
+
+def _drop_safety_checker(pipe: Any, spec: LoadSpec) -> None:
+    """A checker that came in anyway (a generic class resolved from the Hub): switch it off."""
+    if keeps_safety_checker(spec) or getattr(pipe, "safety_checker", None) is None:
+        return
+    pipe.register_modules(safety_checker=None)
+    if "requires_safety_checker" in getattr(pipe, "config", {}):
+        pipe.register_to_config(requires_safety_checker=False)
+
+
 def build_load_kwargs(spec: LoadSpec, ref: ModelRef, settings: Settings, dtype: Any,
-                      device: str) -> dict[str, Any]:
+                      device: str, cls: type | None = None) -> dict[str, Any]:
     """Keyword arguments for from_pretrained/from_single_file, with safety checks applied."""
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
     load_options = spec.load_options
@@ -135,6 +183,8 @@ def build_load_kwargs(spec: LoadSpec, ref: ModelRef, settings: Settings, dtype: 
         if settings.safetensors_only:
             kwargs.setdefault("use_safetensors", True)
     kwargs.update(placement.device_map_kwargs(spec, device))
+    if cls is not None:
+        kwargs.update(_safety_checker_kwargs(cls, ref, spec))
     if spec.clip_model:
         kwargs["text_encoder"] = adapters.load_clip_text_encoder(spec, dtype)
     return kwargs
@@ -196,14 +246,20 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     spec.validate()
     ref = resolve_model_ref(spec.model, spec.model_file, spec.model_path,
                             safetensors_only=settings.safetensors_only)
-    cls = resolve_class(spec, ref)
+    try:
+        cls = resolve_class(spec, ref)
+    except LoadError as exc:
+        if ref.kind is RefKind.HUB and looks_missing(exc):
+            raise LoadError(missing_model_message(spec.model, spec.model_file,
+                                                  spec.model_path)) from exc
+        raise
     device = placement.pick_device(spec, settings)
     dtype = placement.torch_dtype(spec)
     if spec.threads > 0:
         import torch
 
         torch.set_num_threads(spec.threads)
-    kwargs = build_load_kwargs(spec, ref, settings, dtype, device)
+    kwargs = build_load_kwargs(spec, ref, settings, dtype, device, cls)
     loader = special.loader_for(cls.__name__)
     log.info("loading %s as %s (%s, %s)", ref.location, cls.__name__, device,
              spec.torch_dtype_name())
@@ -221,14 +277,23 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
                 "config:<diffusers folder (or Hub id) of the same architecture> "
                 f"({_first_line(exc)})"
             ) from exc
-        hint = ""
-        if ref.kind is RefKind.HUB and offline:
-            hint = " (HF_HUB_OFFLINE is set and the model is not in the local cache)"
+        if ref.kind is RefKind.HUB and looks_missing(exc):
+            raise LoadError(missing_model_message(spec.model, spec.model_file,
+                                                  spec.model_path)) from exc
         raise LoadError(
-            f"could not load {ref.location} as {cls.__name__}: {_first_line(exc)}{hint}"
+            f"could not load {ref.location} as {cls.__name__}: {_first_line(exc)}"
         ) from exc
+    warnings = list(spec.warnings)
+    _drop_safety_checker(pipe, spec)
     if spec.scheduler_type:
-        schedulers.apply_scheduler(pipe, spec.scheduler_type)
+        try:
+            schedulers.apply_scheduler(pipe, spec.scheduler_type)
+        except BackendError as exc:
+            # LocalAI's backend ignores a scheduler it does not know (its docs even show
+            # the typo k_dpp_sde): keep the model's own scheduler and say so.
+            warnings.append(f"scheduler_type {spec.scheduler_type!r} ignored, keeping "
+                            f"{type(getattr(pipe, 'scheduler', None)).__name__}: {exc}")
+            spec = replace(spec, scheduler_type="")
     controlnet = None
     if spec.controlnet:
         extra = {k: kwargs[k] for k in ("use_safetensors",) if k in kwargs}
@@ -251,5 +316,5 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     log.info("loaded %s in %.2fs (%s)", type(pipe).__name__, elapsed, description)
     return LoadedPipeline(pipe=pipe, spec=spec, device=device,
                           dtype_name=_denoiser_dtype_name(pipe, spec.torch_dtype_name()),
-                          load_seconds=elapsed,
-                          description=description, lora_adapters=lora_names)
+                          load_seconds=elapsed, description=description,
+                          lora_adapters=lora_names, warnings=warnings)
