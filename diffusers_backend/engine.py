@@ -7,10 +7,11 @@ hands each output to an output writer, so the next batch starts while PNGs are e
 Why one thread: a diffusers pipeline keeps per-call state (scheduler timesteps, LoRA scales),
 so calls on it must not overlap; and torch's CPU thread pools are per calling thread.
 Why batches: text-to-image requests that differ only in prompt, negative prompt and seed
-share one pipeline call, each image still made from its own seed. A request that arrives
-while others are still being validated waits a short, bounded window for them
-(``DIFFUSERS_BATCH_WINDOW_MS``), so simultaneous clients become one batch; a lone request
-never waits. A batch that runs out of memory is retried one request at a time.
+share one pipeline call, each image still made from its own seed. A batch about to start
+waits a short, bounded window for companions (``DIFFUSERS_BATCH_WINDOW_MS``, adaptive by
+default: longer while other requests are still being validated, at most 2 % of a call
+otherwise), so simultaneous clients become one batch, not 1 + 7. A batch that runs out of
+memory is retried one request at a time.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 IsCancelled = Callable[[], bool]
-AUTO_WINDOW_FRACTION = 0.1  # of the last pipeline call's time...
+AUTO_WINDOW_FRACTION = 0.1  # of the last pipeline call's time, while companions arrive...
 AUTO_WINDOW_BOUNDS_S = (0.002, 0.05)  # ...held between these
+IDLE_WINDOW_FRACTION = 0.02  # of the last call, when nobody else is arriving
 
 
 class Plan(Protocol):
@@ -209,25 +211,35 @@ class Engine:
             self._release_memory()
         log.debug("idle: cached device memory released")
 
-    def batch_window_s(self) -> float:
-        """How long a batch may wait for requests still being validated."""
+    def batch_windows(self) -> tuple[float, float]:
+        """How long a batch about to start may wait: (in any case, while requests are still
+        being validated), in seconds.
+
+        ``DIFFUSERS_BATCH_WINDOW_MS`` set: that long in both cases. Auto (the default): while
+        companions are on their way, 10 % of the last pipeline call (2 to 50 ms); otherwise
+        2 % of it, the overhead a lone request is allowed, long enough to catch a burst
+        whose first request happened to be validated before the others arrived.
+        """
         configured = self._settings.batch_window_ms
         if configured is not None:
-            return configured / 1000.0
+            return configured / 1000.0, configured / 1000.0
         low, high = AUTO_WINDOW_BOUNDS_S
-        return min(high, max(low, AUTO_WINDOW_FRACTION * self._last_call_s))
+        busy = min(high, max(low, AUTO_WINDOW_FRACTION * self._last_call_s))
+        return min(busy, IDLE_WINDOW_FRACTION * self._last_call_s), busy
 
     def _gather(self, first: Ticket) -> None:
-        """A batchable request waits (bounded) while companions are still being validated."""
+        """A batchable request waits (bounded) for companions before its batch is formed."""
         if self._settings.max_batch <= 1 or first.plan.batch_key() is None:
             return
-        deadline = time.monotonic() + self.batch_window_s()
+        idle, busy = self.batch_windows()
+        started = time.monotonic()
         with self._cv:
-            while self._arriving > 0 and len(self._queue) + 1 < self._settings.max_batch:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            while len(self._queue) + 1 < self._settings.max_batch:
+                waited = time.monotonic() - started
+                limit = busy if self._arriving > 0 else idle
+                if waited >= limit:
                     break
-                self._cv.wait(remaining)
+                self._cv.wait(limit - waited)
 
     def _serve(self, first: Ticket) -> None:
         with self.lock:

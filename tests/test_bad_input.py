@@ -224,10 +224,11 @@ CASES: list[Case] = [
     I("identity-mismatch", NF, ["model identity mismatch"], ModelIdentity="some/other-model"),
     I("identity-mismatch-existing-dst", NF, ["model identity mismatch"],
       ModelIdentity="other", **_KEEP),
-    # -- GenerateVideo with an image model loaded: the model kind is the first answer
-    V("video-on-image-model", FP, ["makes images", "GenerateVideo"]),
-    V("video-on-image-model-bad-size", FP, ["makes images"], width=-5, num_frames=-3),
-    V("video-on-image-model-bad-dst", FP, ["makes images"],
+    # -- GenerateVideo with an image model loaded: the model kind is the first answer, and
+    # INVALID_ARGUMENT, never FAILED_PRECONDITION (LocalAI's router reads that as "no model")
+    V("video-on-image-model", IA, ["makes images", "GenerateVideo", "load a video pipeline"]),
+    V("video-on-image-model-bad-size", IA, ["makes images"], width=-5, num_frames=-3),
+    V("video-on-image-model-bad-dst", IA, ["makes images"],
       dst=lambda ws: str(ws.out / "missing" / "v.mp4")),
     V("video-identity-mismatch", NF, ["model identity mismatch"], ModelIdentity="other/video"),
     # -- UpscaleImage (no upscaler loaded: the Lanczos path)

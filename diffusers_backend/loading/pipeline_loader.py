@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import BackendError, LoadError
 from ..settings import Settings
-from . import adapters, placement, special
+from . import acceleration, adapters, placement, special
 from .model_ref import (
     ModelRef,
     RefKind,
@@ -301,6 +301,12 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     pipe = _as_task_variant(pipe, spec, controlnet)
     lora_names = adapters.load_loras(pipe, spec)
     description = placement.apply_memory_modes(pipe, spec, settings, device)
+    speed_notes = acceleration.apply_speed_options(pipe, spec)
+    if speed_notes:
+        warmed = acceleration.warm_up(pipe, spec)
+        description += ", " + ", ".join(speed_notes)
+        if warmed:
+            description += f", warmed up in {warmed:.1f}s"
     scheduler = getattr(pipe, "scheduler", None)
     if spec.scheduler_type and scheduler is not None:
         karras = bool(getattr(scheduler.config, "use_karras_sigmas", False))

@@ -42,6 +42,13 @@ LOAD_TIME_OPTION_KEYS = frozenset(
         "trust_remote_code",
         "custom_pipeline",
         "safety_checker",
+        # speed options (loading/acceleration.py)
+        "compile",
+        "compile_mode",
+        "compile_backend",
+        "compile_fullgraph",
+        "channels_last",
+        "fuse_qkv",
     }
 )
 

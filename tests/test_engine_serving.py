@@ -1,0 +1,120 @@
+"""The engine over gRPC on the tiny SD pipeline: simultaneous clients become one batch, each
+image with its own seed; the speed options (compile, channels-last, fused QKV) load, warm up
+inside LoadModel and keep the images; PNG compression changes size, not pixels."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import start_backend
+from features_support import free, load_ok, mean_diff, pixels, same
+
+
+@pytest.fixture(scope="module")
+def batching_server(tmp_path_factory, tiny_sd):
+    server = start_backend(tmp_path_factory.mktemp("batching"),
+                           env={"DIFFUSERS_BATCH_WINDOW_MS": "500",
+                                "PYTHON_GRPC_MAX_WORKERS": "8"})
+    load_ok(server, tiny_sd)
+    yield server
+    server.stop()
+
+
+def test_eight_simultaneous_clients_share_one_pipeline_call(batching_server, tmp_path):
+    offset = len(batching_server.log())
+    replies: dict[int, str] = {}
+    barrier = threading.Barrier(8)
+
+    def client(index: int) -> None:
+        barrier.wait()
+        reply = batching_server.image(tmp_path / f"{index}.png", seed=-1,
+                                      positive_prompt=f"a cube number {index}")
+        replies[index] = reply.message
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(replies) == 8
+    assert "batching 8 text-to-image requests" in batching_server.log()[offset:]
+    seeds = {int(m.split("seed=")[1].split(";")[0]) for m in replies.values()}
+    assert len(seeds) == 8
+    for index in range(8):
+        assert pixels(tmp_path / f"{index}.png").shape == (64, 64, 3)
+
+
+def test_a_batched_image_equals_the_same_request_alone(batching_server, tmp_path):
+    """Batching changes nothing about an image but its company (1/255 rounding allowed)."""
+    alone = batching_server.image(tmp_path / "alone.png", seed=77)
+    assert "seed=77" in alone.message
+    barrier = threading.Barrier(4)
+
+    def client(index: int) -> None:
+        barrier.wait()
+        batching_server.image(tmp_path / f"b{index}.png", seed=77 if index == 0 else index)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    diff = np.abs(pixels(tmp_path / "alone.png") - pixels(tmp_path / "b0.png"))
+    assert diff.max() <= 2
+
+
+@pytest.fixture()
+def _free_after(backend):
+    yield
+    free(backend)
+
+
+@pytest.mark.usefixtures("_free_after")
+def test_compile_is_applied_and_warmed_up_inside_load_model(backend, tiny_sd, tmp_path):
+    """torch.compile through the ``eager`` backend: the real wiring (module.compile, warm-up
+    call in LoadModel) without minutes of code generation on a 2-core CPU."""
+    load_ok(backend, tiny_sd)
+    backend.image(tmp_path / "eager.png", seed=12)
+    offset = len(backend.log())
+    load_ok(backend, tiny_sd, Options=["compile:true", "compile_backend:eager"])
+    log = backend.log()[offset:]
+    assert "unet compiled (eager)" in log and "warmed up in" in log
+    backend.image(tmp_path / "compiled.png", seed=12)
+    assert same(tmp_path / "eager.png", tmp_path / "compiled.png")
+
+
+@pytest.mark.usefixtures("_free_after")
+def test_channels_last_and_fused_qkv_keep_the_image(backend, tiny_sd, tmp_path):
+    load_ok(backend, tiny_sd)
+    backend.image(tmp_path / "plain.png", seed=13)
+    offset = len(backend.log())
+    load_ok(backend, tiny_sd, Options=["channels_last:true", "fuse_qkv:true"])
+    log = backend.log()[offset:]
+    assert "channels-last" in log and "fused QKV" in log
+    backend.image(tmp_path / "fast.png", seed=13)
+    assert mean_diff(tmp_path / "plain.png", tmp_path / "fast.png") < 1.0
+
+
+@pytest.mark.usefixtures("_free_after")
+def test_an_unknown_compile_mode_fails_the_load_naming_it(backend, tiny_sd):
+    result = backend.load(tiny_sd, Options=["compile:true", "compile_mode:turbo"])
+    assert not result.success
+    assert "compile_mode 'turbo'" in result.message and "reduce-overhead" in result.message
+
+
+def test_png_compression_changes_size_not_pixels(tmp_path):
+    from PIL import Image
+
+    from diffusers_backend import media
+
+    rng = np.random.default_rng(0)
+    smooth = np.repeat(np.linspace(0, 255, 256, dtype=np.uint8)[None, :], 256, axis=0)
+    picture = np.stack([smooth, smooth.T, (smooth // 2) + rng.integers(0, 2, smooth.shape,
+                                                                          dtype=np.uint8)], -1)
+    image = Image.fromarray(picture.astype(np.uint8), "RGB")
+    media.write_png_atomic(image, str(tmp_path / "fast.png"), compress_level=0)
+    media.write_png_atomic(image, str(tmp_path / "small.png"), compress_level=9)
+    assert (tmp_path / "small.png").stat().st_size < (tmp_path / "fast.png").stat().st_size
+    assert same(tmp_path / "fast.png", tmp_path / "small.png")
