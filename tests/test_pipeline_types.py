@@ -59,9 +59,9 @@ class Case:
         return self.pipeline_type
 
 
-# LTX-2 image-to-video in diffusers 0.42.1 re-encodes the conditioning image as H.264 unless
-# image_crf is 0, which needs PyAV (not a dependency here).
-LTX2_OPTIONS = ["torch_dtype:bf16", "image_crf:0", *LTX2_TINY_OPTIONS]
+# The gallery's ltx-2 entry as it is (torch_dtype:bf16): diffusers 0.42.1 re-encodes the
+# conditioning image as H.264 (image_crf), which needs PyAV, a requirement for this reason.
+LTX2_OPTIONS = ["torch_dtype:bf16", *LTX2_TINY_OPTIONS]
 
 E2E_CASES = [
     # LocalAI's docs
