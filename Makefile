@@ -6,11 +6,13 @@ ADDR ?= 127.0.0.1:50051
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(BUILD_TYPE)
 
-ifeq ($(BUILD_TYPE),cuda)
-REQS := requirements-cuda.txt
-else
-REQS := requirements-cpu.txt
+# BUILD_TYPE picks requirements-$(BUILD_TYPE).txt (cpu, cuda, hipblas, intel, mps), as
+# LocalAI's backends do; an unknown value stops here rather than installing the CPU build.
+BUILD_TYPES := cpu cuda hipblas intel mps
+ifeq ($(filter $(BUILD_TYPE),$(BUILD_TYPES)),)
+$(error unknown BUILD_TYPE=$(BUILD_TYPE); use one of: $(BUILD_TYPES))
 endif
+REQS := requirements-$(BUILD_TYPE).txt
 
 .PHONY: install protogen run test lint bench clean
 
