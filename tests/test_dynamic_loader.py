@@ -22,6 +22,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import diffusers_dynamic_loader as dl  # noqa: E402
+from diffusers_backend.registry import sniffing  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AUTO_CORE = {"AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting"}
@@ -111,10 +112,16 @@ def full_scan():
 # ----------------------------------------------------------------------------- registry
 
 
-def test_registry_is_cached_lazy_dict():
+def test_registry_is_a_cached_read_only_lazy_mapping():
+    from collections.abc import Mapping
+
     reg = dl.get_pipeline_registry()
-    assert isinstance(reg, dict)
+    assert isinstance(reg, Mapping) and not isinstance(reg, dict)
     assert reg is dl.get_pipeline_registry()
+    with pytest.raises((AttributeError, TypeError)):
+        reg.pop("StableDiffusionPipeline")  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        reg["Mine"] = object  # type: ignore[index]
     assert "StableDiffusionPipeline" in reg and "DiffusionPipeline" in reg
     cls = reg["StableDiffusionPipeline"]
     assert isinstance(cls, type) and cls.__name__ == "StableDiffusionPipeline"
@@ -310,7 +317,7 @@ def test_model_id_hub_cache_then_offline_fallback(tmp_path, monkeypatch):
     assert dl.resolve_pipeline_name(model_id="acme/not-cached") == "DiffusionPipeline"
     assert time.monotonic() - start < 2.0
     # cached per process
-    assert dl._model_id_cache["acme/tiny-sdxl"] == "StableDiffusionXLPipeline"
+    assert sniffing._model_id_cache["acme/tiny-sdxl"] == "StableDiffusionXLPipeline"
 
 
 # ----------------------------------------------------------------------------- disk cache

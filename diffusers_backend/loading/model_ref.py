@@ -15,9 +15,8 @@ from enum import Enum
 from pathlib import Path
 
 from ..errors import LoadError
+from ..model_files import PICKLE_SUFFIXES, SINGLE_FILE_SUFFIXES
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
