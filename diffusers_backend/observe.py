@@ -35,8 +35,15 @@ def _code_name(context: grpc.ServicerContext, response: Any) -> str:
     return "OK" if response is not None else "UNKNOWN"
 
 
-def _complete(record: timings.RequestTimings, request: Any, response: Any) -> None:
-    """Fill what the worker could not know (video/upscale) from the request and reply."""
+def _complete(record: timings.RequestTimings, request: Any, response: Any,
+              started: float) -> None:
+    """Fill what the worker could not know (video/upscale) from the request and reply.
+
+    The request thread validates the request and builds its pipeline call before it
+    queues it, so the time from the call's start to joining the queue is its prepare time.
+    """
+    if record.prepare_s is None and record.queued_at is not None:
+        record.prepare_s = max(0.0, record.queued_at - started)
     if not record.width and not record.height:
         record.width = int(getattr(request, "width", 0) or 0)
         record.height = int(getattr(request, "height", 0) or 0)
@@ -76,7 +83,7 @@ class RpcObserver:
                 try:
                     code = _code_name(context, response)
                     if record is not None:
-                        _complete(record, request, response)
+                        _complete(record, request, response, started)
                         log_request(method, code, elapsed, record)
                     if metrics is not None:
                         metrics.observe_rpc(service, method, code, elapsed, record, response)
