@@ -27,8 +27,7 @@ RUN uv python install "${PYTHON_VERSION}" --install-dir /tmp/python \
     else extra=""; fi \
  && uv pip install --python /backend/python/bin/python3 --break-system-packages ${extra} \
       -r "requirements-${BUILD_TYPE}.txt" \
- && /backend/python/bin/python3 -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. \
-      backend.proto \
+ && /backend/python/bin/python3 -m diffusers_backend.protogen --force \
  && chmod +x run.sh
 
 FROM scratch

@@ -29,7 +29,7 @@ install: $(STAMP) protogen
 protogen: backend_pb2.py backend_pb2_grpc.py
 
 backend_pb2.py backend_pb2_grpc.py: backend.proto $(STAMP)
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. backend.proto
+	$(PY) -m diffusers_backend.protogen --force
 
 run: install
 	exec ./run.sh --addr $(ADDR)

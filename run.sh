@@ -23,7 +23,5 @@ fi
 if [ -d /opt/intel ]; then export XPU="${XPU:-1}"; fi
 if [ "$(uname -s)" = "Darwin" ]; then export PYTORCH_ENABLE_MPS_FALLBACK=1; fi
 
-if [ ! -f backend_pb2.py ] || [ backend.proto -nt backend_pb2.py ]; then
-  "$PY" -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. backend.proto
-fi
+"$PY" -m diffusers_backend.protogen  # stubs, when backend.proto is newer
 exec "$PY" -m diffusers_backend "$@"

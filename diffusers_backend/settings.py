@@ -62,6 +62,9 @@ class Settings:
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
+DEFAULTS = Settings()  # the one place defaults are written: the fields above
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None:
@@ -191,37 +194,39 @@ def _log_format(env: Mapping[str, str]) -> str:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default ``os.environ``); raise on bad values."""
     env = os.environ if env is None else env
+    d = DEFAULTS
     warnings: list[str] = []
     parent_watch, parent_watch_interval = _parent_watch(env, warnings)
     grace_raw = env.get("DIFFUSERS_SHUTDOWN_GRACE", "").strip()
     return Settings(
-        compel=_bool(env, "COMPEL", False),
-        xpu=_bool(env, "XPU", False),
-        clip_skip_enabled=_bool(env, "CLIPSKIP", True),
-        safetensors_only=_bool(env, "SAFETENSORS", True),
-        chunk_size=_int(env, "CHUNK_SIZE", 8, minimum=1),
-        fps=_int(env, "FPS", 0, minimum=0),
-        disable_cpu_offload=_bool(env, "DISABLE_CPU_OFFLOAD", False),
-        frames=_int(env, "FRAMES", 0, minimum=0),
-        bfl_repo=env.get("BFL_REPO", "").strip() or "ChuckMcSneed/FLUX.1-dev",
-        max_workers=_int(env, "PYTHON_GRPC_MAX_WORKERS", 1, minimum=1),
-        max_queue=_int(env, "DIFFUSERS_MAX_QUEUE", 32, minimum=0),
+        compel=_bool(env, "COMPEL", d.compel),
+        xpu=_bool(env, "XPU", d.xpu),
+        clip_skip_enabled=_bool(env, "CLIPSKIP", d.clip_skip_enabled),
+        safetensors_only=_bool(env, "SAFETENSORS", d.safetensors_only),
+        chunk_size=_int(env, "CHUNK_SIZE", d.chunk_size, minimum=1),
+        fps=_int(env, "FPS", d.fps, minimum=0),
+        disable_cpu_offload=_bool(env, "DISABLE_CPU_OFFLOAD", d.disable_cpu_offload),
+        frames=_int(env, "FRAMES", d.frames, minimum=0),
+        bfl_repo=env.get("BFL_REPO", "").strip() or d.bfl_repo,
+        max_workers=_int(env, "PYTHON_GRPC_MAX_WORKERS", d.max_workers, minimum=1),
+        max_queue=_int(env, "DIFFUSERS_MAX_QUEUE", d.max_queue, minimum=0),
         log_level=_log_level(env),
-        max_batch=_int(env, "DIFFUSERS_MAX_BATCH", 16, minimum=1),
+        max_batch=_int(env, "DIFFUSERS_MAX_BATCH", d.max_batch, minimum=1),
         batch_window_ms=_window_ms(env),
-        output_writers=_int(env, "DIFFUSERS_OUTPUT_WRITERS", 2, minimum=1),
+        output_writers=_int(env, "DIFFUSERS_OUTPUT_WRITERS", d.output_writers, minimum=1),
         png_compression=_png_level(env),
-        idle_release_s=_seconds(env, "DIFFUSERS_IDLE_RELEASE_S", 2.0),
-        max_batch_pixels=_int(env, "DIFFUSERS_MAX_BATCH_PIXELS", 4 * 1024 * 1024, minimum=64),
+        idle_release_s=_seconds(env, "DIFFUSERS_IDLE_RELEASE_S", d.idle_release_s),
+        max_batch_pixels=_int(env, "DIFFUSERS_MAX_BATCH_PIXELS", d.max_batch_pixels, minimum=64),
         auth_token=env.get("LOCALAI_GRPC_AUTH_TOKEN", "").strip(),
         parent_watch=parent_watch,
         parent_watch_interval=parent_watch_interval,
-        max_pixels=_int(env, "DIFFUSERS_MAX_PIXELS", 4096 * 4096, minimum=64),
-        max_steps=_int(env, "DIFFUSERS_MAX_STEPS", 500, minimum=1),
-        max_input_pixels=_int(env, "DIFFUSERS_MAX_INPUT_PIXELS", 8192 * 8192, minimum=64),
-        allow_remote_code=_bool(env, "DIFFUSERS_ALLOW_REMOTE_CODE", False),
+        max_pixels=_int(env, "DIFFUSERS_MAX_PIXELS", d.max_pixels, minimum=64),
+        max_steps=_int(env, "DIFFUSERS_MAX_STEPS", d.max_steps, minimum=1),
+        max_input_pixels=_int(env, "DIFFUSERS_MAX_INPUT_PIXELS", d.max_input_pixels, minimum=64),
+        allow_remote_code=_bool(env, "DIFFUSERS_ALLOW_REMOTE_CODE", d.allow_remote_code),
         shutdown_grace=(
-            parse_duration("DIFFUSERS_SHUTDOWN_GRACE", grace_raw) if grace_raw else 30.0
+            parse_duration("DIFFUSERS_SHUTDOWN_GRACE", grace_raw) if grace_raw
+            else d.shutdown_grace
         ),
         warnings=tuple(warnings),
         metrics_addr=parse_metrics_addr(env.get("DIFFUSERS_METRICS_ADDR", "")),

@@ -21,13 +21,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def _ensure_stubs() -> None:
     """Generate the gRPC stubs if `make protogen` has not run (e.g. a bare pytest call)."""
-    if (REPO_ROOT / "backend_pb2.py").exists():
-        return
-    subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO_ROOT}", f"--python_out={REPO_ROOT}",
-         f"--grpc_python_out={REPO_ROOT}", str(REPO_ROOT / "backend.proto")],
-        check=True,
-    )
+    sys.path.insert(0, str(REPO_ROOT))
+    from diffusers_backend.protogen import generate
+
+    generate()
 
 
 _ensure_stubs()

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoadError
+from ..errors import LoadError, short_message
 from .spec import LoadSpec
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def load_loras(pipe: Any, spec: LoadSpec) -> list[str]:
             raise
         except Exception as exc:  # noqa: BLE001 - reported to the user with the path
             raise LoadError(
-                f"could not load LoRA {reference}: {str(exc).splitlines()[0][:200]}"
+                f"could not load LoRA {reference}: {short_message(exc)}"
             ) from exc
         names.append(adapter_name)
     pipe.set_adapters(names, adapter_weights=[scale for _, scale in plan])
@@ -85,7 +85,7 @@ def load_controlnet(spec: LoadSpec, dtype: Any, extra: dict[str, Any]) -> Any:
         return ControlNetModel.from_pretrained(reference, torch_dtype=dtype, **extra)
     except Exception as exc:  # noqa: BLE001
         raise LoadError(
-            f"could not load ControlNet {spec.controlnet}: {str(exc).splitlines()[0][:200]}"
+            f"could not load ControlNet {spec.controlnet}: {short_message(exc)}"
         ) from exc
 
 
@@ -102,5 +102,5 @@ def load_clip_text_encoder(spec: LoadSpec, dtype: Any) -> Any:
         return CLIPTextModel.from_pretrained(reference, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise LoadError(
-            f"could not load CLIP model {spec.clip_model}: {str(exc).splitlines()[0][:200]}"
+            f"could not load CLIP model {spec.clip_model}: {short_message(exc)}"
         ) from exc

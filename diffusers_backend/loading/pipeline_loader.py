@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError, LoadError
+from ..errors import BackendError, LoadError, short_message
 from ..settings import Settings
 from . import acceleration, adapters, placement, special
 from .model_ref import (
@@ -53,11 +53,6 @@ class LoadedPipeline:
         return type(self.pipe).__name__
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-
-
 # pipeline_type values that mean "the class the model itself declares" (its model_index.json,
 # checkpoint or Hub entry). DiffusionPipeline.from_pretrained does that lookup anyway; doing it
 # here lets the family's special loader apply. VideoDiffusionPipeline is no diffusers class:
@@ -83,7 +78,7 @@ def resolve_class(spec: LoadSpec, ref: ModelRef) -> type:
             try:
                 return dl.resolve_pipeline_class(task=wanted)
             except ValueError:
-                raise LoadError(f"pipeline_type {wanted!r}: {_first_line(class_error)}") from None
+                raise LoadError(f"pipeline_type {wanted!r}: {short_message(class_error)}") from None
     try:
         return dl.resolve_pipeline_class(model_id=ref.location)
     except ValueError as exc:
@@ -224,7 +219,7 @@ def _as_task_variant(pipe: Any, spec: LoadSpec, controlnet: Any) -> Any:
     except ValueError as exc:
         what = "ControlNet" if controlnet is not None else "img2img"
         raise LoadError(
-            f"{type(pipe).__name__} has no {what} variant in diffusers: {_first_line(exc)}"
+            f"{type(pipe).__name__} has no {what} variant in diffusers: {short_message(exc)}"
         ) from None
     return pipe
 
@@ -246,8 +241,10 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     spec.validate()
     ref = resolve_model_ref(spec.model, spec.model_file, spec.model_path,
                             safetensors_only=settings.safetensors_only)
+    # a .gguf file is a transformer alone: its base repo names the pipeline class
+    class_ref = special.gguf_base_ref(spec, settings) if special.is_gguf(ref) else ref
     try:
-        cls = resolve_class(spec, ref)
+        cls = resolve_class(spec, class_ref)
     except LoadError as exc:
         if ref.kind is RefKind.HUB and looks_missing(exc):
             raise LoadError(missing_model_message(spec.model, spec.model_file,
@@ -260,7 +257,7 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
 
         torch.set_num_threads(spec.threads)
     kwargs = build_load_kwargs(spec, ref, settings, dtype, device, cls)
-    loader = special.loader_for(cls.__name__)
+    loader = special.load_gguf if special.is_gguf(ref) else special.loader_for(cls.__name__)
     log.info("loading %s as %s (%s, %s)", ref.location, cls.__name__, device,
              spec.torch_dtype_name())
     try:
@@ -275,13 +272,13 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
                 f"could not load {ref.location} as {cls.__name__}: a single-file checkpoint "
                 "needs its pipeline config and the Hub is offline; add the option "
                 "config:<diffusers folder (or Hub id) of the same architecture> "
-                f"({_first_line(exc)})"
+                f"({short_message(exc)})"
             ) from exc
         if ref.kind is RefKind.HUB and looks_missing(exc):
             raise LoadError(missing_model_message(spec.model, spec.model_file,
                                                   spec.model_path)) from exc
         raise LoadError(
-            f"could not load {ref.location} as {cls.__name__}: {_first_line(exc)}"
+            f"could not load {ref.location} as {cls.__name__}: {short_message(exc)}"
         ) from exc
     warnings = list(spec.warnings)
     _drop_safety_checker(pipe, spec)
