@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -90,6 +91,10 @@ def test_load_generate_upscale_video_status(server, tiny_sd, tmp_path):
     assert clip.returncode == 0, clip.stderr
     assert "frames=4" in clip.stdout and clip.stderr == ""
     assert iio.imread(tmp_path / "clip.mp4").shape == (4, 64, 64, 3)
+    # The video's request log line has its timings split too.
+    assert re.search(r"GenerateVideo OK in \S+ \(queue \d\S*, prepare \d\S*, pipeline \d\S*, "
+                     r"write \d\S*\) seed=3 size=64x64 steps=2 batch=1 "
+                     r"pipeline=TextToVideoSDPipeline", server.log())
 
     after = client(server.addr, "status")
     state = json.loads(after.stdout)
