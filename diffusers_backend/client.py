@@ -70,7 +70,10 @@ def wait_with_progress(future: Any, progress: Progress) -> Any:
 
 
 def _stubs() -> tuple[Any, Any]:
-    """The generated stubs live at the repository root (``make protogen``)."""
+    """The generated stubs live at the repository root; made here if still missing."""
+    from .protogen import generate
+
+    generate()
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
