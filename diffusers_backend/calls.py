@@ -8,17 +8,17 @@ modules (``image_task``, ``video_task``, ``upscale_task``) build their calls fro
 
 from __future__ import annotations
 
-import functools
-import inspect
-import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import Cancelled, InvalidArgument
-from .loading.pipeline_loader import LoadedPipeline
 from .settings import Settings
+from .signatures import CallSignature, call_signature
+from .task_variants import variant_classes
+
+if TYPE_CHECKING:
+    from .loading.pipeline_loader import LoadedPipeline
 
 DEFAULT_STEPS = 25
 DEFAULT_CFG = 7.0
@@ -28,37 +28,7 @@ MAX_SEED = 2**31 - 1
 # settings (CFGScale, Options, and CLIP skip: the host copies the YAML's clip_skip into every
 # request, and LocalAI's backend always applies it) are not filtered.
 FILTERABLE = ("negative_prompt", "num_inference_steps")
-_NEEDS_IMAGE = re.compile(
-    r"Img2Img|ImageToImage|Inpaint|ControlNet|Upscale|InstructPix2Pix|Variation"
-    r"|StableVideoDiffusion|ImageToVideo|I2V",
-)
-
 IsCancelled = Callable[[], bool]
-
-
-@dataclass(frozen=True)
-class CallSignature:
-    """What a pipeline class's ``__call__`` accepts."""
-
-    params: frozenset[str]
-    required_image: bool
-    var_kwargs: bool
-
-    def accepts(self, name: str) -> bool:
-        return name in self.params
-
-
-@functools.lru_cache(maxsize=256)
-def call_signature(cls: type) -> CallSignature:
-    """Inspect a pipeline class once; cached because it runs on every request."""
-    parameters = inspect.signature(cls.__call__).parameters
-    names = frozenset(n for n in parameters if n != "self")
-    var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    image = parameters.get("image")
-    required = image is not None and (
-        image.default is inspect.Parameter.empty or bool(_NEEDS_IMAGE.search(cls.__name__))
-    )
-    return CallSignature(names - {"kwargs"}, required, var_kwargs)
 
 
 def unaccepted_call_options(pipe: Any, options: dict[str, Any]) -> list[str]:
@@ -68,23 +38,9 @@ def unaccepted_call_options(pipe: Any, options: dict[str, Any]) -> list[str]:
     not know; we drop those at load time with a warning instead of passing them on.
     """
     accepted = set(call_signature(type(pipe)).params)
-    for variant in _task_variant_classes(pipe):
+    for variant in variant_classes(type(pipe)):
         accepted |= call_signature(variant).params
     return sorted(k for k in options if k not in accepted)
-
-
-def _task_variant_classes(pipe: Any) -> list[type]:
-    """The img2img/inpainting classes diffusers would switch this pipeline to."""
-    from diffusers.pipelines import auto_pipeline
-
-    found = []
-    for mapping in (auto_pipeline.AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
-                    auto_pipeline.AUTO_INPAINT_PIPELINES_MAPPING):
-        try:
-            found.append(auto_pipeline._get_task_class(mapping, type(pipe).__name__, False))
-        except Exception:  # noqa: BLE001 - families diffusers has no mapping for
-            continue
-    return [cls for cls in found if cls is not None]
 
 
 def size_multiple(pipe: Any) -> int:

@@ -58,10 +58,8 @@ class Plan(Protocol):
 
 
 class Variants:
-    """img2img / inpainting pipelines made on the loaded weights with ``from_pipe``.
-
-    ``from_pipe`` shares every component, so a variant costs no second copy of the model.
-    """
+    """The img2img / inpainting variants of the loaded pipeline, made once when first asked
+    for (``task_variants.make_variant``: same weights, no second copy)."""
 
     def __init__(self, pipe: Any) -> None:
         self._pipe = pipe
@@ -69,20 +67,15 @@ class Variants:
 
     def get(self, task: str) -> Any:
         if task not in self._made:
-            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+            from .task_variants import make_variant
 
-            auto = {"img2img": AutoPipelineForImage2Image,
-                    "inpaint": AutoPipelineForInpainting}[task]
             try:
-                variant = auto.from_pipe(self._pipe)
+                self._made[task] = make_variant(self._pipe, task)
             except ValueError:
                 raise InvalidArgument(
                     f"the loaded {type(self._pipe).__name__} has no {task} variant in diffusers;"
                     f" load an {task} pipeline_type for this request"
                 ) from None
-            if hasattr(variant, "set_progress_bar_config"):
-                variant.set_progress_bar_config(disable=True)
-            self._made[task] = variant
         return self._made[task]
 
 

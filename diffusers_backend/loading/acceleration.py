@@ -91,12 +91,12 @@ def warm_up(pipe: Any, spec: LoadSpec) -> float:
     """
     if not spec.options.get("compile"):
         return 0.0
-    import inspect
-
     import torch
 
+    from ..signatures import call_signature
+
     started = time.perf_counter()
-    params = inspect.signature(type(pipe).__call__).parameters
+    params = call_signature(type(pipe)).params
     kwargs: dict[str, Any] = {"num_inference_steps": WARM_UP_STEPS,
                               "generator": torch.Generator("cpu").manual_seed(0)}
     if "prompt" in params:

@@ -204,18 +204,16 @@ def _load_with_variant_fallback(loader: special.Loader, cls: type, ref: ModelRef
 
 def _as_task_variant(pipe: Any, spec: LoadSpec, controlnet: Any) -> Any:
     """Apply IMG2IMG and ControlNet by switching pipeline class on the same weights."""
-    import inspect
+    from ..signatures import call_signature
+    from ..task_variants import make_variant
 
-    from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
-
-    takes_image = "image" in inspect.signature(type(pipe).__call__).parameters
+    takes_image = call_signature(type(pipe)).accepts("image")
     extra = {"controlnet": controlnet} if controlnet is not None else {}
     try:
         if spec.img2img and not takes_image:
-            return AutoPipelineForImage2Image.from_pipe(pipe, **extra)
+            return make_variant(pipe, "img2img", **extra)
         if controlnet is not None:
-            auto = AutoPipelineForImage2Image if takes_image else AutoPipelineForText2Image
-            return auto.from_pipe(pipe, **extra)
+            return make_variant(pipe, "img2img" if takes_image else "txt2img", **extra)
     except ValueError as exc:
         what = "ControlNet" if controlnet is not None else "img2img"
         raise LoadError(
