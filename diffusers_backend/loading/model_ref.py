@@ -86,6 +86,23 @@ def resolve_model_ref(
     return ModelRef(RefKind.HUB, model)
 
 
+def resolve_reference(reference: str, model_path: str, what: str) -> ModelRef:
+    """A second model an option names (``gguf_base``): an existing folder (absolute, or under
+    the models folder) or else a Hub id; anything else fails naming where it was looked for."""
+    reference = reference.strip()
+    path = Path(os.path.expanduser(reference))
+    candidates = [path] if path.is_absolute() else (
+        [Path(model_path) / path] if model_path else []) + [path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return ModelRef(RefKind.FOLDER, str(candidate.resolve()))
+    if reference and _HUB_ID.match(reference) and not reference.startswith((".", "~")):
+        return ModelRef(RefKind.HUB, reference)
+    tried = ", ".join(str(c) for c in candidates) or "nowhere"
+    raise LoadError(f"{what} {reference!r} is neither a diffusers folder (looked at: {tried}) "
+                    "nor a Hugging Face Hub id")
+
+
 _MISSING_MARKERS = ("not fully cached", "not found", "offline", "outgoing traffic",
                     "cannot find the requested files", "does not appear to have",
                     "repository not found", "404", "connection", "couldn't connect",

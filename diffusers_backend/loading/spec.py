@@ -42,6 +42,8 @@ LOAD_TIME_OPTION_KEYS = frozenset(
         "trust_remote_code",
         "custom_pipeline",
         "safety_checker",
+        # a .gguf transformer's pipeline (loading/special.py)
+        "gguf_base",
         # speed options (loading/acceleration.py)
         "compile",
         "compile_mode",

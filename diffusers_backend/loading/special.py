@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import LoadError
 from ..settings import Settings
-from .model_ref import ModelRef, RefKind
+from .model_ref import ModelRef, RefKind, resolve_reference
 from .spec import LoadSpec
 
 log = logging.getLogger(__name__)
@@ -246,6 +246,87 @@ def load_svd(
     if unet is not None and hasattr(unet, "enable_forward_chunking"):
         unet.enable_forward_chunking()
     return pipe
+
+
+def is_gguf(ref: ModelRef) -> bool:
+    """Whether ``ref`` is a GGUF file: a quantized transformer alone, never a whole pipeline."""
+    return ref.kind is RefKind.SINGLE_FILE and ref.location.lower().endswith(".gguf")
+
+
+def gguf_base_ref(spec: LoadSpec, settings: Settings) -> ModelRef:
+    """Where a ``.gguf`` transformer's pipeline (text encoders, VAE, scheduler, configs)
+    comes from: the ``gguf_base`` option (a diffusers folder, absolute or under the models
+    folder, or a Hub id); for Flux ``pipeline_type`` values, ``BFL_REPO`` by default, as
+    for LocalAI's FluxTransformer2DModel."""
+    base = str(spec.options.get("gguf_base", "")).strip()
+    if base:
+        return resolve_reference(base, spec.model_path, "gguf_base")
+    if spec.pipeline_type.strip().lower().startswith("flux"):
+        return resolve_reference(settings.bfl_repo, spec.model_path, "BFL_REPO")
+    raise LoadError(
+        "a .gguf file holds only a quantized transformer: name the pipeline it belongs to "
+        "with the option gguf_base:<diffusers folder under the models path, or Hub id> "
+        "(e.g. gguf_base:black-forest-labs/FLUX.1-dev); Flux pipeline_types default to "
+        "BFL_REPO"
+    )
+
+
+def _gguf_denoiser(cls: type, base: str) -> tuple[str, type]:
+    """The component a GGUF file replaces in ``cls`` (``transformer``, else ``unet``) and its
+    diffusers model class, as the base's model_index.json names it."""
+    import inspect
+
+    import diffusers
+
+    parameters = inspect.signature(cls.__init__).parameters
+    name = next((n for n in ("transformer", "unet") if n in parameters), None)
+    if name is None:
+        raise LoadError(f"{cls.__name__} has no transformer or unet for a .gguf file to fill")
+    index = diffusers.DiffusionPipeline.load_config(base)
+    class_name = (index.get(name) or [None, None])[1]
+    model_cls = getattr(diffusers, str(class_name), None)
+    if model_cls is None or not hasattr(model_cls, "from_single_file"):
+        raise LoadError(
+            f"{class_name or name} (the {name} of {base}) cannot be read from a single .gguf "
+            f"file by diffusers {diffusers.__version__}"
+        )
+    return name, model_cls
+
+
+def load_gguf(
+    cls: type, ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
+) -> Any:
+    """A GGUF transformer (city96-style quantized Flux, Wan, LTX, SD 3.5, Qwen-Image, Chroma
+    files) inside the pipeline of :func:`gguf_base_ref`.
+
+    The file is read by diffusers' GGUF quantizer: its quantized tensors (Q8_0, Q4_K...)
+    stay quantized in memory and are dequantized layer by layer while computing in
+    ``torch_dtype`` (F16/BF16/F32 tensors load as plain weights). The transformer's config
+    comes from the ``config`` option, else from the base's ``transformer/`` folder. No
+    optimum-quanto pass: the weights are quantized already.
+    """
+    try:
+        import gguf  # noqa: F401 - diffusers imports it lazily; fail here, by name
+    except ImportError:
+        raise LoadError("loading a .gguf file needs the gguf package: pip install gguf") from None
+    from diffusers import FluxPipeline, GGUFQuantizationConfig
+
+    if cls.__name__ in COMPONENT_LOADERS:  # pipeline_type: FluxTransformer2DModel
+        cls = FluxPipeline
+    base = gguf_base_ref(spec, settings).location
+    component, model_cls = _gguf_denoiser(cls, base)
+    dtype = kwargs.get("torch_dtype")
+    config = kwargs.get("config")
+    source = {"config": config} if config else {"config": base, "subfolder": component}
+    denoiser = model_cls.from_single_file(
+        ref.location, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+        torch_dtype=dtype, **source)
+    base_kwargs = {k: v for k, v in kwargs.items() if k not in {"config", "original_config"}}
+    if settings.safetensors_only:
+        base_kwargs.setdefault("use_safetensors", True)
+    log.info("GGUF %s %s (computing in %s), pipeline %s from %s", component,
+             model_cls.__name__, dtype, cls.__name__, base)
+    return cls.from_pretrained(base, **{component: denoiser}, **base_kwargs)
 
 
 # pipeline_type values naming a diffusers *model* class rather than a pipeline (LocalAI's
