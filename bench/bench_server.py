@@ -118,7 +118,8 @@ def main() -> None:
     print(f"{'measurement':44} {'this backend':>14} {'anchor (doc)':>14}")
     for name, ours, anchor in rows:
         print(f"{name:44} {ours:>14} {anchor:>14}")
-    print("\nanchor column: LocalAI's backend as measured in shared/reference/anchor-baseline.md")
+    print("\nanchor column: LocalAI's own diffusers backend, measured on this kind of machine "
+          "(figures in bench/README.md)")
 
 
 if __name__ == "__main__":

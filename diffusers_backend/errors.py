@@ -142,7 +142,8 @@ def _cancel_reason(context: grpc.ServicerContext) -> str:
 def grpc_method(method: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a servicer method: any exception becomes a fitting gRPC status, logged once.
 
-    This decorator is the only place in the backend that calls ``context.abort``.
+    Every servicer method goes through it; the only other ``context.abort`` is the auth
+    interceptor's UNAUTHENTICATED (server.py), which answers before a method runs.
     """
     log = logging.getLogger("diffusers_backend.rpc")
 

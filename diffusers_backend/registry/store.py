@@ -197,6 +197,34 @@ def _mapping_task(kind: str) -> str:
     return "inpainting" if kind.upper() == "INPAINT" else _slug(kind)
 
 
+def _ancestors(sources: dict[str, dict[str, Any]], name: str,
+               seen: set | None = None) -> set:
+    """Every base class of ``name`` found in the scanned sources."""
+    seen = set() if seen is None else seen
+    for base in sources.get(name, {}).get("bases", []):
+        if base not in seen:
+            seen.add(base)
+            _ancestors(sources, base, seen)
+    return seen
+
+
+def _takes_prompt(sources: dict[str, dict[str, Any]], name: str,
+                  seen: set | None = None) -> bool | None:
+    """Whether ``name``'s ``__call__`` (its own or the nearest base's) takes a prompt."""
+    seen = set() if seen is None else seen
+    entry = sources.get(name)
+    if entry is None or name in seen:
+        return None
+    seen.add(name)
+    if entry["prompt"] is not None:
+        return entry["prompt"]
+    for base in entry["bases"]:
+        found = _takes_prompt(sources, base, seen)
+        if found is not None:
+            return found
+    return None
+
+
 def _build_records() -> dict[str, Any]:
     """Build the registry data (imports diffusers' lazy top level, no pipeline module)."""
     import diffusers
@@ -213,28 +241,6 @@ def _build_records() -> dict[str, Any]:
     pipelines_dir = Path(pipelines_mod.__file__).parent
     sources = _scan_sources(pipelines_dir)
 
-    def ancestors(name: str, seen: set | None = None) -> set:
-        seen = set() if seen is None else seen
-        for base in sources.get(name, {}).get("bases", []):
-            if base not in seen:
-                seen.add(base)
-                ancestors(base, seen)
-        return seen
-
-    def prompt_of(name: str, seen: set | None = None) -> bool | None:
-        seen = set() if seen is None else seen
-        entry = sources.get(name)
-        if entry is None or name in seen:
-            return None
-        seen.add(name)
-        if entry["prompt"] is not None:
-            return entry["prompt"]
-        for base in entry["bases"]:
-            found = prompt_of(base, seen)
-            if found is not None:
-                return found
-        return None
-
     pipelines: dict[str, dict[str, Any]] = {}
     for name, where in top.items():
         if where != "pipelines":
@@ -243,7 +249,7 @@ def _build_records() -> dict[str, Any]:
         is_auto = subpkg == "auto_pipeline" and name.startswith(_AUTO_PREFIX)
         entry = sources.get(name)
         if entry is not None:
-            anc = ancestors(name)
+            anc = _ancestors(sources, name)
             is_pipe = name == "DiffusionPipeline" or "DiffusionPipeline" in anc
             single = "FromSingleFileMixin" in anc
             modules = entry["modules"]
@@ -262,7 +268,7 @@ def _build_records() -> dict[str, Any]:
             "deprecated": subpkg == "deprecated" or "DeprecatedPipelineMixin" in anc,
             "single_file": single,
             "auto": is_auto,
-            "prompt": prompt_of(name),
+            "prompt": _takes_prompt(sources, name),
         }
     auto = {
         task: [[key, cls] for key, cls in items if cls in pipelines]
