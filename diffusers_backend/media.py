@@ -573,11 +573,14 @@ def _frame_sequence(frames: Any) -> Sequence[Any]:
     return list(frames)
 
 
-def write_video_atomic(frames: Sequence[Any] | np.ndarray, dst: str, fps: int) -> None:
+def write_video_atomic(frames: Sequence[Any] | np.ndarray, dst: str, fps: int,
+                       audio: Any = None, sample_rate: int = 0) -> None:
     """Encode frames as an H.264 MP4 at ``dst``, atomically like write_png_atomic.
 
     ffmpeg picks the container from the file name, so the temp file ends in ``.mp4``
-    whatever ``dst`` is called; it is renamed onto ``dst`` only once complete.
+    whatever ``dst`` is called; it is renamed onto ``dst`` only once complete. With
+    ``audio`` (a waveform, see :func:`audio_samples`) the file gets an AAC track at
+    ``sample_rate`` beside the video (muxed with PyAV).
     """
     path = check_output_path(dst, probe=False)
     seq = _frame_sequence(frames)
@@ -585,6 +588,15 @@ def write_video_atomic(frames: Sequence[Any] | np.ndarray, dst: str, fps: int) -
         raise InvalidArgument("no video frames to write")
     if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)) or fps < 1:
         raise InvalidArgument(f"fps must be a positive whole number, got {fps!r}")
+    if audio is not None:
+        samples = audio_samples(audio)
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
+                or not 1000 <= sample_rate <= 384_000:
+            raise InvalidArgument(f"audio sample rate must be 1000..384000 Hz, got {sample_rate!r}")
+        _write_atomically(path, ".partial.mp4",
+                          lambda tmp: _mux_with_audio(tmp, seq, int(fps), samples,
+                                                      int(sample_rate)))
+        return
 
     import imageio.v2 as iio  # lazy: pulls in the ffmpeg plugin only for video
 
@@ -608,6 +620,61 @@ def write_video_atomic(frames: Sequence[Any] | np.ndarray, dst: str, fps: int) -
             writer.close()
 
     _write_atomically(path, ".partial.mp4", encode)
+
+
+def audio_samples(audio: Any) -> np.ndarray:
+    """A waveform as a float32 (channels, samples) array in -1..1, at most 2 channels.
+
+    Accepts what audio-video pipelines return for one video: a torch tensor or numpy array
+    shaped (samples,), (channels, samples) or (samples, channels), or a batch of one.
+    """
+    if hasattr(audio, "detach"):  # a torch tensor (bf16 has no numpy dtype: go via float)
+        audio = audio.detach().float().cpu().numpy()
+    arr = np.asarray(audio)
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.size == 0 or arr.dtype.kind not in "fiu":
+        raise InvalidArgument(f"audio has shape {arr.shape} and dtype {arr.dtype}; expected a "
+                              "waveform of (channels, samples)")
+    if arr.shape[0] > arr.shape[1]:  # (samples, channels)
+        arr = arr.T
+    if arr.dtype.kind in "iu":
+        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+    arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.ascontiguousarray(np.clip(arr[:2], -1.0, 1.0))
+
+
+def _mux_with_audio(tmp: str, frames: Sequence[Any], fps: int, samples: np.ndarray,
+                    sample_rate: int) -> None:
+    """Write H.264 video (yuv420p, ``fps``) and AAC audio into one MP4 with PyAV."""
+    from fractions import Fraction
+
+    import av
+
+    layout = "stereo" if samples.shape[0] == 2 else "mono"
+    with av.open(tmp, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+        video = container.add_stream("libx264", rate=Fraction(fps, 1))
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": "18"}
+        sound = container.add_stream("aac", rate=sample_rate, layout=layout)
+        for index, arr in enumerate(_even_frames(frames)):
+            if index == 0:
+                video.height, video.width = arr.shape[:2]
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        # Planar float in, the encoder's own format and frame size out.
+        resampler = av.AudioResampler(format=sound.codec_context.format or "fltp",
+                                      layout=layout, rate=sample_rate,
+                                      frame_size=sound.codec_context.frame_size or 1024)
+        source = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
+        source.sample_rate = sample_rate
+        source.pts = 0
+        for frame in [*resampler.resample(source), *resampler.resample(None)]:
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode())
 
 
 # --------------------------------------------------------------------------- upscale
@@ -644,6 +711,7 @@ def lanczos_upscale(image: Image.Image, scale: int, *, max_pixels: int) -> Image
 
 
 __all__ = [
+    "audio_samples",
     "check_input_path",
     "check_output_path",
     "image_to_png_bytes",

@@ -3,6 +3,7 @@ thread, run on the pipeline thread, the MP4 written by an output writer."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from .calls import (
     option_int,
     pick_seed,
     size_kwargs,
+    size_multiple,
 )
 from .errors import InvalidArgument
 from .jobs import ImageJob, VideoJob
@@ -49,6 +51,19 @@ def video_job_from_image(job: ImageJob) -> VideoJob:
     return VideoJob(prompt=job.prompt, negative_prompt=job.negative_prompt, start_image=start,
                     width=job.width, height=job.height, steps=job.steps, seed=job.seed,
                     dst=job.dst)
+
+
+@dataclass(frozen=True)
+class VideoOutput:
+    """What one video call made: its frames, and the audio track of audio-video pipelines
+    (LTX-2) with its sample rate."""
+
+    frames: Any
+    audio: Any = None
+    sample_rate: int = 0
+
+    def __len__(self) -> int:
+        return len(self.frames)
 
 
 @dataclass(eq=False)
@@ -109,12 +124,23 @@ class VideoPlan:
             kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)
         kwargs.update(plan.params)
         result = pipe(**accepted_kwargs(kwargs, sig, None))
-        return [_first_video(result.frames)]
+        audio = getattr(result, "audio", None)
+        if audio is not None and len(audio):
+            audio = audio[0]  # one prompt: its waveform, (channels, samples)
+            return [VideoOutput(_first_video(result.frames), audio, audio_sample_rate(pipe))]
+        return [VideoOutput(_first_video(result.frames))]
 
     def write(self, video: Any) -> str:
-        media.write_video_atomic(video, self.job.dst, self.fps)
+        if not isinstance(video, VideoOutput):
+            video = VideoOutput(video)
+        has_audio = video.audio is not None and video.sample_rate > 0
+        media.write_video_atomic(video.frames, self.job.dst, self.fps,
+                                 audio=video.audio if has_audio else None,
+                                 sample_rate=video.sample_rate)
         parts = [f"video written to {self.job.dst}", f"seed={self.seed}",
                  f"frames={len(video)}", f"fps={self.fps}", f"steps={self.steps}"]
+        if has_audio:
+            parts.append(f"audio {video.sample_rate} Hz")
         if self.note:
             parts.append(self.note)
         return "; ".join(parts)
@@ -149,6 +175,12 @@ def plan_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings) -> Vid
         if not sig.accepts("last_image"):
             raise InvalidArgument(f"{type(pipe).__name__} does not take an end_image")
         end = media.open_image(job.end_image, field="end_image", max_pixels=limit)
+    multiple = video_size_multiple(pipe)
+    if start is not None and sig.accepts("width") and sig.accepts("height"):
+        width, height, note = _start_image_size(start, width, height, loaded, sig, multiple)
+        start = _resized(start, width, height)
+    elif multiple > size_multiple(pipe):
+        width, height, note = _snap(width, height, multiple, note)
     own = video_defaults(type(pipe))
     steps = (job.steps or option_int(loaded, "num_inference_steps") or own.steps
              or DEFAULT_STEPS)
@@ -157,6 +189,95 @@ def plan_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings) -> Vid
                      fps=job.fps or settings.fps or own.fps, steps=steps,
                      seed=pick_seed(job.seed), width=width, height=height, note=note,
                      params=params, start=start, end=end)
+
+
+def audio_sample_rate(pipe: Any) -> int:
+    """The sample rate of the waveform an audio-video pipeline returns.
+
+    LTX-2's audio comes out of its vocoder, whose config names the rate it writes
+    (``output_sampling_rate``: 24 kHz for LTX-2, 48 kHz for LTX-2.3's upsampling vocoder);
+    the pipeline's ``audio_sampling_rate`` (the audio VAE's mel rate) is the fallback.
+    """
+    vocoder = getattr(getattr(pipe, "vocoder", None), "config", None)
+    for value in (getattr(vocoder, "output_sampling_rate", None),
+                  getattr(vocoder, "sampling_rate", None),
+                  getattr(pipe, "audio_sampling_rate", None)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return int(value)
+    return 0
+
+
+def video_size_multiple(pipe: Any) -> int:
+    """The multiple a video pipeline's width/height must be: the image rule, or the video
+    VAE's spatial compression times the transformer's patch; LTX and LTX-2 check for 32
+    whatever their VAE (``check_inputs``)."""
+    ratio = int(getattr(pipe, "vae_spatial_compression_ratio", 0) or 0)
+    patch = int(getattr(pipe, "transformer_spatial_patch_size", 1) or 1)
+    ltx = 32 if type(pipe).__name__.startswith("LTX") else 0
+    return max(size_multiple(pipe), ratio * patch, ltx)
+
+
+def _snap(width: int, height: int, multiple: int, note: str) -> tuple[int, int, str]:
+    snapped = [max(multiple, v - v % multiple) if v else 0 for v in (width, height)]
+    if (snapped[0], snapped[1]) != (width, height):
+        note = "; ".join(x for x in (note, f"size snapped from {width}x{height} to "
+                                     f"{snapped[0]}x{snapped[1]} (a multiple of {multiple})")
+                         if x)
+    return snapped[0], snapped[1], note
+
+
+def _start_image_size(start: Any, width: int, height: int, loaded: LoadedPipeline,
+                      sig: CallSignature, multiple: int) -> tuple[int, int, str]:
+    """The output size of an image-to-video request: the start image's aspect ratio at the
+    requested area (width x height, else the pipeline's default size), in whole multiples.
+
+    Image-to-video pipelines resize the start image to width x height, squashing any other
+    shape; keeping its aspect ratio instead is what users expect from a photo.
+    """
+    default_w, default_h = _default_size(loaded, sig)
+    area_w, area_h = width or default_w, height or default_h
+    if not (area_w and area_h):
+        return width, height, ""
+    aspect = start.width / start.height
+    new_w = max(multiple, int(round(math.sqrt(area_w * area_h * aspect) / multiple)) * multiple)
+    new_h = max(multiple, int(round(math.sqrt(area_w * area_h / aspect) / multiple)) * multiple)
+    note = ""
+    if (new_w, new_h) != (area_w, area_h):
+        asked = f"{width}x{height}" if width and height else f"default {area_w}x{area_h}"
+        note = (f"size {new_w}x{new_h} keeps the start image's aspect ratio "
+                f"({start.width}x{start.height}) at the area of {asked} "
+                f"(a multiple of {multiple})")
+    return new_w, new_h, note
+
+
+def _default_size(loaded: LoadedPipeline, sig: CallSignature) -> tuple[int, int]:
+    """The width/height a call would use when the request sets none: the model's options,
+    else the defaults of the pipeline's call, else its sample size."""
+    import inspect
+
+    params = inspect.signature(type(loaded.pipe).__call__).parameters
+    sizes = []
+    for key in ("width", "height"):
+        value = option_int(loaded, key)
+        if not value:
+            default = params[key].default if key in params else None
+            value = default if isinstance(default, int) and not isinstance(default, bool) else 0
+        sizes.append(value)
+    if not all(sizes):
+        sample = getattr(getattr(getattr(loaded.pipe, "unet", None), "config", None),
+                         "sample_size", 0)
+        factor = int(getattr(loaded.pipe, "vae_scale_factor", 8) or 8)
+        if isinstance(sample, int) and sample > 0:
+            sizes = [v or sample * factor for v in sizes]
+    return sizes[0], sizes[1]
+
+
+def _resized(image: Any, width: int, height: int) -> Any:
+    from PIL import Image
+
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), Image.Resampling.LANCZOS)
 
 
 def _typed_params(params: dict[str, str], sig: CallSignature, cls_name: str) -> dict[str, Any]:
