@@ -34,6 +34,7 @@ from .calls import (
     size_multiple,
     steps_or_default,
 )
+from .control_preprocess import preprocess_control
 from .errors import InvalidArgument
 from .jobs import ImageJob
 from .loading.pipeline_loader import LoadedPipeline
@@ -215,6 +216,11 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
         if job.src and job.ref_images:
             control = media.open_image(job.ref_images[0], field="ref_images[0]",
                                        max_pixels=limit)
+        # control_preprocess: an ordinary photo becomes the edge/depth map the ControlNet reads.
+        control = preprocess_control(control, loaded.spec.options, loaded.spec.model_path)
+    elif getattr(loaded.pipe, "controlnet", None) is not None:
+        # ControlNet text-to-image: its ``image`` is the control image.
+        image = preprocess_control(image, loaded.spec.options, loaded.spec.model_path)
     return _Inputs(image=image, control=control)
 
 
@@ -248,8 +254,9 @@ def _inpaint_control_image(plan: ImagePlan, image: Any, mask: Any) -> Any:
     """
     refs = [r for r in plan.job.ref_images if r]
     if len(refs) >= 3:
-        return media.open_image(refs[2], field="ref_images[2]",
-                                max_pixels=plan.settings.max_input_pixels)
+        control = media.open_image(refs[2], field="ref_images[2]",
+                                   max_pixels=plan.settings.max_input_pixels)
+        return preprocess_control(control, plan.loaded.spec.options, plan.loaded.spec.model_path)
     import numpy as np
     import torch
 

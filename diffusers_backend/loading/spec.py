@@ -44,6 +44,11 @@ LOAD_TIME_OPTION_KEYS = frozenset(
         "safety_checker",
         # a .gguf transformer's pipeline (loading/special.py)
         "gguf_base",
+        # ControlNet input preprocessing (control_preprocess.py)
+        "control_preprocess",
+        "control_annotator",
+        "canny_low",
+        "canny_high",
         # speed options (loading/acceleration.py)
         "compile",
         "compile_mode",
@@ -202,3 +207,6 @@ class LoadSpec:
             )
         if self.cfg_scale < 0:
             raise LoadError(f"cfg_scale must not be negative, got {self.cfg_scale}")
+        from ..control_preprocess import check_control_options
+
+        check_control_options(self.options, self.model_path)
