@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import BackendError, LoadError, short_message
 from ..settings import Settings
-from . import acceleration, adapters, placement, special
+from . import acceleration, adapters, download, placement, special
 from .model_ref import (
     ModelRef,
     RefKind,
@@ -237,6 +237,7 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
 
     started = time.perf_counter()
     spec.validate()
+    spec = download.fetch_url_model(spec, settings.safetensors_only)  # a URL: fetch it once
     ref = resolve_model_ref(spec.model, spec.model_file, spec.model_path,
                             safetensors_only=settings.safetensors_only)
     # a .gguf file is a transformer alone: its base repo names the pipeline class
