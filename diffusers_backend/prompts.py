@@ -5,8 +5,9 @@ With ``COMPEL=1`` prompts may use compel's weighting syntax (``a (red)++ cube``,
 ``prompt_embeds`` (plus the pooled ones for SDXL) in place of ``prompt``; the negative
 prompt is weighted the same way, and both come out padded to one length so long prompts
 work. Only pipelines that take CLIP embeddings in the SD 1.x/2.x or SDXL shape get this;
-for any other pipeline (Flux, SD3, video models...) the plain prompts are passed, so a
-model never fails because ``COMPEL`` is on.
+SD3 and Flux get the same weighting with the A1111 syntax (``(word:1.3)``) from
+``weighted_prompts.py``; for any other pipeline (video models...) the plain prompts are
+passed, so a model never fails because ``COMPEL`` is on.
 
 CLIP skip follows LocalAI: the model YAML's ``clip_skip`` (or the request's, which wins)
 is passed straight through as diffusers' ``clip_skip``, where 1 means "use the layer
@@ -393,6 +394,10 @@ def build_prompt_kwargs(
     params = _call_parameters(pipe)
     if use_compel:
         embeds = compel_prompt_kwargs(pipe, prompt, negative_prompt, clip_skip=clip_skip)
+        if embeds is None:  # SD3 and Flux: weighted here (A1111 syntax), compel not needed
+            from .weighted_prompts import weighted_prompt_kwargs
+
+            embeds = weighted_prompt_kwargs(pipe, prompt, negative_prompt, clip_skip=clip_skip)
         if embeds is not None:
             return embeds
 

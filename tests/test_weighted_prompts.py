@@ -1,0 +1,183 @@
+"""Prompt weighting for SD3 and Flux (``COMPEL=1``, A1111 syntax ``(word:1.3)``): the parser,
+the direction of the change in the embeddings on tiny real pipelines, long prompts beyond one
+CLIP chunk, and one weighted generation over gRPC on each family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import start_backend
+from features_support import load_ok
+from PIL import Image
+from tiny_pipeline_types import tiny_sd3_path
+from tiny_special_models import tiny_flux_path
+
+from diffusers_backend.prompts import build_prompt_kwargs
+from diffusers_backend.weighted_prompts import (
+    Fragment,
+    parse_weighted_prompt,
+    plain_text,
+    weighted_prompt_kwargs,
+    weighting_family,
+)
+
+# ------------------------------------------------------------------------------ parser
+
+
+@pytest.mark.parametrize(("prompt", "expected"), [
+    ("a cat", [("a cat", 1.0)]),
+    ("a (cat:1.3) sits", [("a ", 1.0), ("cat", 1.3), (" sits", 1.0)]),
+    ("a (cat)", [("a ", 1.0), ("cat", 1.1)]),
+    ("a ((cat))", [("a ", 1.0), ("cat", 1.21)]),
+    ("a [cat]", [("a ", 1.0), ("cat", 1 / 1.1)]),
+    ("a (red (cat:2):1.5)", [("a ", 1.0), ("red ", 1.5), ("cat", 3.0)]),
+    ("a (cat)1.3 dog", [("a ", 1.0), ("cat", 1.3), (" dog", 1.0)]),  # compel's form
+    (r"a \(cat\) 1:2", [("a (cat) 1:2", 1.0)]),
+    ("a (cat:0)", [("a ", 1.0), ("cat", 0.0)]),
+    ("a (cat", [("a ", 1.0), ("cat", 1.1)]),  # unclosed: still weighted, as in A1111
+    ("a cat)", [("a cat)", 1.0)]),
+])
+def test_parse_weighted_prompt(prompt, expected):
+    got = [(f.text, round(f.weight, 6)) for f in parse_weighted_prompt(prompt)]
+    assert got == [(text, round(weight, 6)) for text, weight in expected]
+
+
+def test_plain_text_drops_the_syntax():
+    assert plain_text("a (red:1.4) [cube] ((here))") == "a red cube here"
+    assert parse_weighted_prompt("") == []
+    assert Fragment("x", 1.0).weight == 1.0
+
+
+# ---------------------------------------------------------------------- tiny pipelines
+
+
+@pytest.fixture(scope="module")
+def sd3(single_torch_thread):
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline.from_pretrained(tiny_sd3_path())
+
+
+@pytest.fixture(scope="module")
+def flux(single_torch_thread):
+    from diffusers import FluxPipeline
+
+    return FluxPipeline.from_pretrained(tiny_flux_path())
+
+
+def test_families(sd3, flux, tiny_sd_pipeline):
+    assert weighting_family(sd3) == "sd3"
+    assert weighting_family(flux) == "flux"
+    assert weighting_family(tiny_sd_pipeline) is None
+    assert weighted_prompt_kwargs(tiny_sd_pipeline, "a (cat:1.5)", "") is None
+
+
+def test_unweighted_prompts_are_left_to_the_pipeline(sd3, flux):
+    for pipe in (sd3, flux):
+        assert weighted_prompt_kwargs(pipe, "a red cube", "blurry") is None
+
+
+def test_weight_one_equals_the_pipelines_own_encoding(sd3, flux):
+    with torch.no_grad():
+        own = sd3.encode_prompt("a red cube", "a red cube", "a red cube",
+                                negative_prompt="blurry", negative_prompt_2="blurry",
+                                negative_prompt_3="blurry", do_classifier_free_guidance=True)
+    ours = weighted_prompt_kwargs(sd3, "a (red:1.0) cube", "(blurry:1)", force=True)
+    assert torch.allclose(ours["prompt_embeds"], own[0], atol=1e-5)
+    assert torch.allclose(ours["negative_prompt_embeds"], own[1], atol=1e-5)
+    assert torch.allclose(ours["pooled_prompt_embeds"], own[2], atol=1e-5)
+    assert torch.allclose(ours["negative_pooled_prompt_embeds"], own[3], atol=1e-5)
+
+    with torch.no_grad():
+        embeds, pooled, _ = flux.encode_prompt("a red cube", "a red cube")
+    ours = weighted_prompt_kwargs(flux, "a (red:1.0) cube", "", force=True)
+    assert torch.allclose(ours["prompt_embeds"], embeds, atol=1e-5)
+    assert torch.allclose(ours["pooled_prompt_embeds"], pooled, atol=1e-5)
+    assert "negative_prompt_embeds" not in ours  # no negative: Flux runs without true CFG
+
+
+def _token_positions(tokenizer, before: str, word: str) -> list[int]:
+    """Where ``word``'s tokens sit after ``before`` (and the start token, if any)."""
+    start = len(tokenizer(before, add_special_tokens=False).input_ids)
+    count = len(tokenizer(word, add_special_tokens=False).input_ids)
+    bos = 1 if tokenizer("", add_special_tokens=True).input_ids[:1] == [
+        tokenizer.bos_token_id] else 0
+    return list(range(bos + start, bos + start + count))
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_the_weighted_tokens_move_with_the_weight(family, sd3, flux):
+    """Only the weighted word's tokens change: ``empty + w * (plain - empty)``, so their
+    distance from the empty prompt's embedding grows with the weight (0 = the empty prompt's
+    token, 1 = unchanged)."""
+    pipe = sd3 if family == "sd3" else flux
+    plain = weighted_prompt_kwargs(pipe, "a red cube", "", force=True)["prompt_embeds"]
+    empty = weighted_prompt_kwargs(pipe, "", "", force=True)["prompt_embeds"]
+    tokenizer = pipe.tokenizer_3 if family == "sd3" else pipe.tokenizer_2
+    offset = 77 if family == "sd3" else 0  # SD3: T5 after the 77 CLIP tokens; Flux: T5 only
+    red = [offset + i for i in _token_positions(tokenizer, "a ", "red")]
+    if family == "sd3":  # the CLIP part (both CLIPs, side by side) is weighted too
+        red = _token_positions(sd3.tokenizer, "a ", "red") + red
+    others = [i for i in range(plain.shape[1]) if i not in red]
+    distances, changes = [], []
+    for weight in (0.0, 0.5, 1.0, 1.5, 2.0):
+        embeds = weighted_prompt_kwargs(pipe, f"a (red:{weight}) cube", "",
+                                        force=True)["prompt_embeds"]
+        assert embeds.shape == plain.shape
+        assert torch.equal(embeds[:, others], plain[:, others])  # the rest is untouched
+        expected = empty[:, red] + weight * (plain[:, red] - empty[:, red])
+        assert torch.allclose(embeds[:, red], expected, atol=1e-5)
+        distances.append(float((embeds[:, red] - empty[:, red]).norm()))
+        changes.append(float((embeds[:, red] - plain[:, red]).norm()))
+    assert distances == sorted(distances) and distances[0] < 1e-5 < distances[-1]
+    assert changes[2] == 0.0  # weight 1: exactly the plain prompt
+    assert changes[3] < changes[4] and changes[1] < changes[0]
+
+
+def test_long_sd3_prompts_are_chunked_not_truncated(sd3):
+    words = " ".join(["cube"] * 60)  # far beyond 75 CLIP tokens with the byte tokenizer
+    kwargs = weighted_prompt_kwargs(sd3, words, "")
+    assert kwargs is not None  # long: encoded here even without weights
+    clip_tokens = kwargs["prompt_embeds"].shape[1] - 256  # T5 part: max_sequence_length
+    assert clip_tokens % 77 == 0 and clip_tokens > 77
+    assert kwargs["negative_prompt_embeds"].shape == kwargs["prompt_embeds"].shape
+    tail = kwargs["prompt_embeds"][:, 77:clip_tokens]
+    assert tail.abs().sum() > 0  # the words after the first chunk are encoded
+
+
+def test_build_prompt_kwargs_uses_it_with_compel_on(sd3):
+    kwargs = build_prompt_kwargs(sd3, "a (red:1.5) cube", "", use_compel=True, clip_skip=0)
+    assert set(kwargs) == {"prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds",
+                           "negative_pooled_prompt_embeds"}
+    assert build_prompt_kwargs(sd3, "a (red:1.5) cube", "", use_compel=False,
+                               clip_skip=0) == {"prompt": "a (red:1.5) cube"}
+
+
+# ------------------------------------------------------------------------- over gRPC
+
+
+@pytest.fixture(scope="module")
+def compel_server(tmp_path_factory):
+    server = start_backend(tmp_path_factory.mktemp("weighted"), env={"COMPEL": "1"})
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("model", [tiny_sd3_path, tiny_flux_path], ids=["sd3", "flux"])
+def test_weighted_generation_over_grpc(compel_server, model, tmp_path):
+    load_ok(compel_server, model())
+    outputs = {}
+    for name, prompt in (("plain", "a red cube"), ("weighted", "(a red cube:8)"),
+                         ("one", "a (red:1.0) cube")):
+        reply = compel_server.image(tmp_path / f"{name}.png", positive_prompt=prompt, seed=5,
+                                    width=32, height=32)
+        assert reply.success, reply.message
+        with Image.open(tmp_path / f"{name}.png") as image:
+            outputs[name] = np.asarray(image.convert("RGB"), dtype=np.int16)
+    # Weight 1 is the plain prompt (up to float rounding); weight 8 changes the picture
+    # (a tiny random model reacts weakly to its text tokens, but it does).
+    one = np.abs(outputs["one"] - outputs["plain"])
+    weighted = np.abs(outputs["weighted"] - outputs["plain"])
+    assert one.max() <= 1
+    assert weighted.mean() > one.mean()
