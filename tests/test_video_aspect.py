@@ -100,3 +100,44 @@ def test_options_set_the_default_area_and_a_matching_picture_keeps_the_request()
                              16)[:2] == (640, 320)
     assert _start_image_size(Image.new("RGB", (100, 100)), 256, 256, loaded, _sig(pipe),
                              16) == (256, 256, "")
+
+
+# ------------------------------------------------------- Wan image-to-video (in process)
+
+
+def test_wan_i2v_output_follows_the_start_image_aspect(tmp_path, monkeypatch,
+                                                      single_torch_thread):
+    """The real WanImageToVideoPipeline class (tiny, Wan 2.2 layout): a 2:1 picture at a
+    64x64 request runs at 96x48 (multiples of 16: VAE 8 x patch 2) and the MP4 says so.
+
+    diffusers 0.42.1's Wan I2V cleans prompts with ``ftfy`` unconditionally; where it is not
+    installed the module gets a stand-in here (the server needs the real package)."""
+    import types
+
+    from diffusers import WanImageToVideoPipeline
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+    from tiny_video_models import tiny_wan_i2v_path
+
+    from diffusers_backend.jobs import VideoJob
+    from diffusers_backend.loading.pipeline_loader import LoadedPipeline
+    from diffusers_backend.settings import Settings
+    from diffusers_backend.video_task import plan_video
+
+    if not hasattr(pipeline_wan_i2v, "ftfy"):
+        monkeypatch.setattr(pipeline_wan_i2v, "ftfy",
+                            types.SimpleNamespace(fix_text=lambda text: text), raising=False)
+    pipe = WanImageToVideoPipeline.from_pretrained(tiny_wan_i2v_path())
+    pipe.set_progress_bar_config(disable=True)
+    assert video_size_multiple(pipe) == 16
+    loaded = LoadedPipeline(pipe=pipe, spec=LoadSpec(model="tiny-wan-i2v"), device="cpu",
+                            dtype_name="float32")
+    start = write_image(tmp_path / "start.png", size=(200, 100), seed=1)
+    job = VideoJob(prompt="a cat", start_image=str(start), width=64, height=64, num_frames=5,
+                   steps=2, seed=3, dst=str(tmp_path / "wan.mp4"))
+    plan = plan_video(loaded, job, Settings())
+    assert (plan.width, plan.height) == (96, 48)
+    assert plan.start.size == (96, 48)  # resized, not squashed into 64x64
+    (video,) = plan.run([plan], None, lambda: False)
+    reply = plan.write(video)
+    assert _size(tmp_path / "wan.mp4") == (96, 48)
+    assert "keeps the start image's aspect ratio (200x100)" in reply
