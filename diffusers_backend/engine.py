@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import timings
 from .batch_sizer import BatchSizer
 from .errors import Cancelled, FailedPrecondition, InvalidArgument, is_out_of_memory
+from .profiling import profiled
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -280,7 +281,9 @@ class Engine:
         plans = [p for _, p in batch]
         started = timings.now()
         try:
-            with self._sizer.measure(len(plans), plans[0].pixels):
+            label = f"{type(plans[0]).__name__} x{len(plans)}"
+            with self._sizer.measure(len(plans), plans[0].pixels), \
+                    profiled(self._settings.profile_dir, label):
                 outputs = type(plans[0]).run(plans, variants,
                                              lambda: all(t.is_cancelled() for t in tickets))
         except Exception as exc:  # noqa: BLE001 - handed to the requests' threads

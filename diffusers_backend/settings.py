@@ -39,6 +39,7 @@ class Settings:
     output_writers: int = 2  # DIFFUSERS_OUTPUT_WRITERS: threads encoding and writing outputs
     png_compression: int = 1  # DIFFUSERS_PNG_COMPRESSION: zlib level 0-9 of written PNGs
     idle_release_s: float = 2.0  # DIFFUSERS_IDLE_RELEASE_S: give cached GPU memory back
+    profile_dir: str = ""  # DIFFUSERS_PROFILE_DIR: torch.profiler traces of pipeline calls
     max_batch_pixels: int = 4 * 1024 * 1024  # DIFFUSERS_MAX_BATCH_PIXELS: pixels per batch
     log_level: str = "INFO"  # DIFFUSERS_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR
     max_queue: int = 32  # DIFFUSERS_MAX_QUEUE: extra threads so queued requests are validated
@@ -216,6 +217,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         output_writers=_int(env, "DIFFUSERS_OUTPUT_WRITERS", d.output_writers, minimum=1),
         png_compression=_png_level(env),
         idle_release_s=_seconds(env, "DIFFUSERS_IDLE_RELEASE_S", d.idle_release_s),
+        profile_dir=env.get("DIFFUSERS_PROFILE_DIR", "").strip(),
         max_batch_pixels=_int(env, "DIFFUSERS_MAX_BATCH_PIXELS", d.max_batch_pixels, minimum=64),
         auth_token=env.get("LOCALAI_GRPC_AUTH_TOKEN", "").strip(),
         parent_watch=parent_watch,

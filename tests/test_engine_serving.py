@@ -118,3 +118,21 @@ def test_png_compression_changes_size_not_pixels(tmp_path):
     media.write_png_atomic(image, str(tmp_path / "small.png"), compress_level=9)
     assert (tmp_path / "small.png").stat().st_size < (tmp_path / "fast.png").stat().st_size
     assert same(tmp_path / "fast.png", tmp_path / "small.png")
+
+
+def test_profile_dir_writes_a_trace_per_pipeline_call(tmp_path, tiny_sd):
+    """DIFFUSERS_PROFILE_DIR: a Chrome trace and an operator table for each call."""
+    import json
+
+    folder = tmp_path / "profiles"
+    server = start_backend(tmp_path, env={"DIFFUSERS_PROFILE_DIR": str(folder)})
+    try:
+        load_ok(server, tiny_sd)
+        server.image(tmp_path / "profiled.png", seed=3)
+    finally:
+        server.stop()
+    traces = sorted(folder.glob("call-*.json"))
+    assert len(traces) == 1
+    assert json.loads(traces[0].read_text())["traceEvents"]
+    table = traces[0].with_suffix(".txt").read_text()
+    assert table.startswith("ImagePlan x1") and "aten::" in table
