@@ -257,6 +257,31 @@ def _t5_embeds(pipe: Any, tokenizer: Any, encoder: Any, fragments: list[Fragment
     return hidden
 
 
+def _chroma_embeds(pipe: Any, prompt: str, max_length: int) -> tuple[Any, Any]:
+    """Chroma's T5 sequence (encoded with its attention mask) and the transformer's mask:
+    the text tokens and the first padding token, as diffusers builds it."""
+    import torch
+
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    prefix, suffix = _special_tokens(tokenizer)
+    ids, weights = _t5_ids(tokenizer, parse_weighted_prompt(prompt), max_length)
+    empty_ids = _t5_ids(tokenizer, [], max_length)[0]
+    real = min(max_length, len(prefix) + len(suffix) + len(
+        _weighted_ids(tokenizer, parse_weighted_prompt(prompt))[0]))
+    lengths = [real, min(max_length, len(prefix) + len(suffix))]
+    masks = torch.tensor([[1] * n + [0] * (max_length - n) for n in lengths],
+                         device=_device(pipe))
+    hidden = encoder(torch.tensor([ids, empty_ids], device=_device(pipe)),
+                     output_hidden_states=False, attention_mask=masks)[0]
+    hidden = hidden.to(dtype=encoder.dtype)
+    embeds = hidden[:1]
+    if any(w != 1.0 for w in weights):
+        embeds = _apply_weights(hidden[:1], hidden[1:], [weights])
+    positions = torch.arange(max_length, device=hidden.device)[None]
+    mask = (positions <= real).to(dtype=hidden.dtype)
+    return embeds, mask
+
+
 def _chunk_count(tokenizer: Any, prompts: list[str]) -> int:
     return max(max(1, -(-clip_token_count(tokenizer, p) // CLIP_CHUNK)) for p in prompts)
 
@@ -306,15 +331,20 @@ def _is_clip(encoder: Any) -> bool:
 
 
 def weighting_family(pipe: Any) -> str | None:
-    """``"sd3"``, ``"flux"`` or None, from the components and the call (img2img, inpaint and
-    ControlNet variants included)."""
+    """``"sd3"``, ``"flux"``, ``"chroma"`` or None, from the components and the call
+    (img2img, inpaint and ControlNet variants included)."""
     try:
         params = set(inspect.signature(pipe).parameters)
     except (TypeError, ValueError):
         return None
+    enc1, enc2 = getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)
+    if (_is_t5(enc1) and getattr(pipe, "tokenizer", None) is not None
+            and not hasattr(pipe, "text_encoder_2")
+            and {"prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
+                 "negative_prompt_attention_mask"} <= params):
+        return "chroma"  # Flux-like, T5 only, masked
     if not {"prompt_embeds", "pooled_prompt_embeds"} <= params:
         return None
-    enc1, enc2 = getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)
     if not (_is_clip(enc1) and getattr(pipe, "tokenizer", None) is not None):
         return None
     if hasattr(pipe, "text_encoder_3"):
@@ -338,7 +368,8 @@ def _max_sequence_length(pipe: Any, family: str) -> int:
 
 def weighted_prompt_kwargs(pipe: Any, prompt: str, negative_prompt: str, *,
                            clip_skip: int = 0, force: bool = False) -> dict[str, Any] | None:
-    """``prompt_embeds`` / ``pooled_prompt_embeds`` (and negative ones) for SD3 or Flux.
+    """``prompt_embeds`` / ``pooled_prompt_embeds`` (and negative ones) for SD3 or Flux;
+    ``prompt_embeds`` / ``prompt_attention_mask`` (and negative ones) for Chroma.
 
     None for other pipelines, and (unless ``force``) for prompts without weighting syntax
     that fit one CLIP chunk: the pipeline's own encoding is then the same thing.
@@ -361,6 +392,12 @@ def weighted_prompt_kwargs(pipe: Any, prompt: str, negative_prompt: str, *,
     params = set(inspect.signature(pipe).parameters)
     try:
         with torch.no_grad():
+            if family == "chroma":  # guidance always has a negative ("" when none)
+                embeds, mask = _chroma_embeds(pipe, prompt, max_length)
+                neg_embeds, neg_mask = _chroma_embeds(pipe, negative, max_length)
+                return {"prompt_embeds": embeds, "prompt_attention_mask": mask,
+                        "negative_prompt_embeds": neg_embeds,
+                        "negative_prompt_attention_mask": neg_mask}
             if family == "sd3":
                 chunks = max(_chunk_count(pipe.tokenizer, [prompt, negative]),
                              _chunk_count(pipe.tokenizer_2, [prompt, negative]))

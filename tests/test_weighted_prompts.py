@@ -10,7 +10,7 @@ import torch
 from conftest import start_backend
 from features_support import load_ok
 from PIL import Image
-from tiny_pipeline_types import tiny_sd3_path
+from tiny_pipeline_types import tiny_chroma_path, tiny_sd3_path
 from tiny_special_models import tiny_flux_path
 
 from diffusers_backend.prompts import build_prompt_kwargs
@@ -66,9 +66,17 @@ def flux(single_torch_thread):
     return FluxPipeline.from_pretrained(tiny_flux_path())
 
 
-def test_families(sd3, flux, tiny_sd_pipeline):
+@pytest.fixture(scope="module")
+def chroma(single_torch_thread):
+    from diffusers import ChromaPipeline
+
+    return ChromaPipeline.from_pretrained(tiny_chroma_path())
+
+
+def test_families(sd3, flux, chroma, tiny_sd_pipeline):
     assert weighting_family(sd3) == "sd3"
     assert weighting_family(flux) == "flux"
+    assert weighting_family(chroma) == "chroma"
     assert weighting_family(tiny_sd_pipeline) is None
     assert weighted_prompt_kwargs(tiny_sd_pipeline, "a (cat:1.5)", "") is None
 
@@ -97,6 +105,17 @@ def test_weight_one_equals_the_pipelines_own_encoding(sd3, flux):
     assert "negative_prompt_embeds" not in ours  # no negative: Flux runs without true CFG
 
 
+def test_chroma_weight_one_equals_its_own_encoding(chroma):
+    with torch.no_grad():
+        embeds, mask = chroma._get_t5_prompt_embeds("a red cube")
+        neg, neg_mask = chroma._get_t5_prompt_embeds("")
+    ours = weighted_prompt_kwargs(chroma, "a (red:1.0) cube", "", force=True)
+    assert torch.allclose(ours["prompt_embeds"], embeds, atol=1e-5)
+    assert torch.equal(ours["prompt_attention_mask"], mask)
+    assert torch.allclose(ours["negative_prompt_embeds"], neg, atol=1e-5)
+    assert torch.equal(ours["negative_prompt_attention_mask"], neg_mask)
+
+
 def _token_positions(tokenizer, before: str, word: str) -> list[int]:
     """Where ``word``'s tokens sit after ``before`` (and the start token, if any)."""
     start = len(tokenizer(before, add_special_tokens=False).input_ids)
@@ -106,15 +125,16 @@ def _token_positions(tokenizer, before: str, word: str) -> list[int]:
     return list(range(bos + start, bos + start + count))
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
-def test_the_weighted_tokens_move_with_the_weight(family, sd3, flux):
+@pytest.mark.parametrize("family", ["sd3", "flux", "chroma"])
+def test_the_weighted_tokens_move_with_the_weight(family, sd3, flux, chroma):
     """Only the weighted word's tokens change: ``empty + w * (plain - empty)``, so their
     distance from the empty prompt's embedding grows with the weight (0 = the empty prompt's
     token, 1 = unchanged)."""
-    pipe = sd3 if family == "sd3" else flux
+    pipe = {"sd3": sd3, "flux": flux, "chroma": chroma}[family]
     plain = weighted_prompt_kwargs(pipe, "a red cube", "", force=True)["prompt_embeds"]
     empty = weighted_prompt_kwargs(pipe, "", "", force=True)["prompt_embeds"]
-    tokenizer = pipe.tokenizer_3 if family == "sd3" else pipe.tokenizer_2
+    tokenizer = getattr(pipe, {"sd3": "tokenizer_3", "flux": "tokenizer_2",
+                               "chroma": "tokenizer"}[family])
     offset = 77 if family == "sd3" else 0  # SD3: T5 after the 77 CLIP tokens; Flux: T5 only
     red = [offset + i for i in _token_positions(tokenizer, "a ", "red")]
     if family == "sd3":  # the CLIP part (both CLIPs, side by side) is weighted too
@@ -164,7 +184,8 @@ def compel_server(tmp_path_factory):
     server.stop()
 
 
-@pytest.mark.parametrize("model", [tiny_sd3_path, tiny_flux_path], ids=["sd3", "flux"])
+@pytest.mark.parametrize("model", [tiny_sd3_path, tiny_flux_path, tiny_chroma_path],
+                         ids=["sd3", "flux", "chroma"])
 def test_weighted_generation_over_grpc(compel_server, model, tmp_path):
     load_ok(compel_server, model())
     outputs = {}
