@@ -167,3 +167,16 @@ def test_gguf_weights_are_the_same_model(qtype, tolerance):
                 generator=torch.Generator().manual_seed(1), output_type="np").images[0]
               for p in (pipe, reference)]
     assert abs(images[0] - images[1]).max() < tolerance
+
+
+def test_wan_gguf_keeps_the_vae_in_float32():
+    """As load_wan does for Wan folders: bf16 transformer, float32 VAE."""
+    import torch
+    from diffusers import WanPipeline
+
+    file = tiny_wan_gguf("Q8_0")
+    spec = LoadSpec(model=str(file), options={"gguf_base": str(tiny_wan_path())})
+    pipe = special.load_gguf(WanPipeline, ModelRef(RefKind.SINGLE_FILE, str(file)),
+                             {"torch_dtype": torch.bfloat16}, spec, Settings())
+    assert pipe.vae.dtype == torch.float32
+    assert pipe.text_encoder.dtype == torch.bfloat16

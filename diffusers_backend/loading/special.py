@@ -324,6 +324,13 @@ def load_gguf(
     base_kwargs = {k: v for k, v in kwargs.items() if k not in {"config", "original_config"}}
     if settings.safetensors_only:
         base_kwargs.setdefault("use_safetensors", True)
+    if SPECIAL_LOADERS.get(cls.__name__) is load_wan:  # Wan's VAE stays float32 (load_wan)
+        import torch
+        from diffusers import AutoencoderKLWan
+
+        extra = {k: v for k, v in base_kwargs.items() if k in {"revision", "use_safetensors"}}
+        base_kwargs["vae"] = AutoencoderKLWan.from_pretrained(
+            base, subfolder="vae", torch_dtype=torch.float32, **extra)
     log.info("GGUF %s %s (computing in %s), pipeline %s from %s", component,
              model_cls.__name__, dtype, cls.__name__, base)
     return cls.from_pretrained(base, **{component: denoiser}, **base_kwargs)
