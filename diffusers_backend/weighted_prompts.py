@@ -138,7 +138,12 @@ def _weighted_ids(tokenizer: Any, fragments: list[Fragment]) -> tuple[list[int],
     ids: list[int] = []
     weights: list[float] = []
     for fragment in fragments:
-        tokens = list(tokenizer(fragment.text, add_special_tokens=False).input_ids)
+        # Stripped: word-piece tokenizers (T5's SentencePiece) would otherwise turn a space at
+        # a fragment's edge into a token of its own; CLIP drops such spaces anyway.
+        text = fragment.text.strip()
+        if not text:
+            continue
+        tokens = list(tokenizer(text, add_special_tokens=False).input_ids)
         ids.extend(tokens)
         weights.extend([fragment.weight] * len(tokens))
     return ids, weights

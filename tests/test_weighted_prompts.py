@@ -105,6 +105,21 @@ def test_weight_one_equals_the_pipelines_own_encoding(sd3, flux):
     assert "negative_prompt_embeds" not in ours  # no negative: Flux runs without true CFG
 
 
+def test_sd3_without_t5_gets_zeros_in_its_place(sd3):
+    from diffusers import StableDiffusion3Pipeline
+
+    no_t5 = StableDiffusion3Pipeline(**{**sd3.components, "text_encoder_3": None,
+                                        "tokenizer_3": None})
+    with torch.no_grad():
+        own = no_t5.encode_prompt("a red cube", "a red cube", "a red cube",
+                                  do_classifier_free_guidance=True)
+    ours = weighted_prompt_kwargs(no_t5, "a (red:1) cube", "", force=True)
+    assert torch.allclose(ours["prompt_embeds"], own[0], atol=1e-5)
+    assert ours["prompt_embeds"][:, 77:].abs().sum() == 0
+    weighted = weighted_prompt_kwargs(no_t5, "a (red:1.5) cube", "")
+    assert not torch.allclose(weighted["prompt_embeds"], own[0])
+
+
 def test_chroma_weight_one_equals_its_own_encoding(chroma):
     with torch.no_grad():
         embeds, mask = chroma._get_t5_prompt_embeds("a red cube")
