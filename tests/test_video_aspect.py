@@ -141,3 +141,21 @@ def test_wan_i2v_output_follows_the_start_image_aspect(tmp_path, monkeypatch,
     reply = plan.write(video)
     assert _size(tmp_path / "wan.mp4") == (96, 48)
     assert "keeps the start image's aspect ratio (200x100)" in reply
+
+
+def test_wan_i2v_over_grpc(backend, tmp_path):
+    """The same through the server (needs ftfy, a requirement since diffusers' Wan I2V cleans
+    prompts with it)."""
+    pytest.importorskip("ftfy")
+    from tiny_video_models import tiny_wan_i2v_path
+
+    result = load_ok(backend, tiny_wan_i2v_path())
+    assert "WanImageToVideoPipeline" in result.message
+    start = write_image(tmp_path / "start.png", size=(100, 200), seed=1)
+    dst = tmp_path / "wan.mp4"
+    reply = backend.stub.GenerateVideo(backend_pb2.GenerateVideoRequest(
+        prompt="a cat", start_image=str(start), width=64, height=64, num_frames=5, step=2,
+        seed=3, dst=str(dst)), timeout=300)
+    assert _size(dst) == (48, 96)
+    assert "keeps the start image's aspect ratio (100x200)" in reply.message
+    assert "fps=16" in reply.message  # Wan's own rate
