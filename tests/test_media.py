@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusers_backend import media
 from diffusers_backend.errors import (
     InvalidArgument,
     NotFound,
@@ -213,7 +212,7 @@ def test_open_image_permission_error_mapped(tmp_path: Path, monkeypatch) -> None
             raise PermissionError(errno.EACCES, "Permission denied", path)
         return real_stat(p, *a, **kw)
 
-    monkeypatch.setattr(media.os, "stat", fake_stat)
+    monkeypatch.setattr(os, "stat", fake_stat)
     with pytest.raises(PermissionDenied, match="src image cannot be read.*secret.png"):
         open_image(path, max_pixels=MAX)
 
@@ -486,7 +485,7 @@ def test_check_output_path_field_name(tmp_path: Path) -> None:
 
 
 def test_check_output_path_not_writable_mapped(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(media.os, "access", lambda *a, **kw: False)
+    monkeypatch.setattr(os, "access", lambda *a, **kw: False)
     with pytest.raises(PermissionDenied, match=f"not writable: {tmp_path}"):
         check_output_path(str(tmp_path / "out.png"))
 
