@@ -10,6 +10,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from diffusers_backend import prompts  # noqa: E402
+from diffusers_backend.prompts import compel_sd  # noqa: E402
 from diffusers_backend.errors import InvalidArgument  # noqa: E402
 from diffusers_backend.prompts import (  # noqa: E402
     build_prompt_kwargs,
@@ -195,8 +196,8 @@ def test_pipeline_without_clip_embeddings_gets_plain_prompts(ddpm, caplog):
 
 
 def test_missing_compel_warns_once_and_falls_back(sd, monkeypatch, caplog):
-    monkeypatch.setattr(prompts, "compel_available", lambda: False)
-    monkeypatch.setattr(prompts, "_warned_missing", False)
+    monkeypatch.setattr(compel_sd, "compel_available", lambda: False)
+    monkeypatch.setattr(compel_sd, "_warned_missing", False)
     with caplog.at_level(logging.WARNING, logger=prompts.__name__):
         warn_if_compel_missing(True)
         warn_if_compel_missing(True)
@@ -207,8 +208,8 @@ def test_missing_compel_warns_once_and_falls_back(sd, monkeypatch, caplog):
 
 
 def test_compel_off_never_warns(monkeypatch, caplog):
-    monkeypatch.setattr(prompts, "compel_available", lambda: False)
-    monkeypatch.setattr(prompts, "_warned_missing", False)
+    monkeypatch.setattr(compel_sd, "compel_available", lambda: False)
+    monkeypatch.setattr(compel_sd, "_warned_missing", False)
     with caplog.at_level(logging.WARNING, logger=prompts.__name__):
         warn_if_compel_missing(False)
     assert not caplog.records

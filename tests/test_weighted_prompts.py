@@ -14,7 +14,7 @@ from tiny_pipeline_types import tiny_chroma_path, tiny_sd3_path
 from tiny_special_models import tiny_flux_path
 
 from diffusers_backend.prompts import build_prompt_kwargs
-from diffusers_backend.weighted_prompts import (
+from diffusers_backend.prompts.weighted import (
     Fragment,
     parse_weighted_prompt,
     plain_text,

@@ -33,7 +33,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
+from ..signatures import call_signature
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +340,7 @@ def weighting_family(pipe: Any) -> str | None:
     """``"sd3"``, ``"flux"``, ``"chroma"`` or None, from the components and the call
     (img2img, inpaint and ControlNet variants included)."""
     try:
-        params = set(inspect.signature(pipe).parameters)
+        params = set(call_signature(type(pipe)).params)
     except (TypeError, ValueError):
         return None
     enc1, enc2 = getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)
@@ -363,7 +364,7 @@ def weighting_family(pipe: Any) -> str | None:
 
 def _max_sequence_length(pipe: Any, family: str) -> int:
     try:
-        default = inspect.signature(pipe).parameters["max_sequence_length"].default
+        default = inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
     except (KeyError, TypeError, ValueError):
         default = None
     if isinstance(default, int) and default > 0:
@@ -394,7 +395,7 @@ def weighted_prompt_kwargs(pipe: Any, prompt: str, negative_prompt: str, *,
     import torch
 
     max_length = _max_sequence_length(pipe, family)
-    params = set(inspect.signature(pipe).parameters)
+    params = set(call_signature(type(pipe)).params)
     try:
         with torch.no_grad():
             if family == "chroma":  # guidance always has a negative ("" when none)
