@@ -52,7 +52,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from conftest import BackendProcess, backend_pb2, start_backend  # noqa: E402
+from harness import BackendProcess, backend_pb2, start_backend  # noqa: E402
 from tiny_models import (  # noqa: E402
     byte_level_vocab,
     cached_build,

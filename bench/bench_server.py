@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from conftest import backend_pb2, start_backend  # noqa: E402
+from harness import backend_pb2, start_backend  # noqa: E402
 from tiny_models import tiny_sd_path  # noqa: E402
 
 RUNS = 21

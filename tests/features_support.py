@@ -13,21 +13,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import BackendProcess, backend_pb2
+from harness import BackendProcess, backend_pb2, mean_diff, pixels, same  # noqa: F401 - re-exported
 from PIL import Image
-
-
-def pixels(path: str | Path) -> np.ndarray:
-    """An image file as an int16 HxWx3 array (so differences do not wrap)."""
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
-
-
-def mean_diff(a: str | Path, b: str | Path) -> float:
-    return float(np.abs(pixels(a) - pixels(b)).mean())
-
-
-def same(a: str | Path, b: str | Path) -> bool:
-    return bool(np.array_equal(pixels(a), pixels(b)))
 
 
 def load_ok(server: BackendProcess, model, **fields) -> backend_pb2.Result:

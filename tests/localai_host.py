@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import backend_pb2
+from harness import backend_pb2
 
 RAND_SEED = -1  # generic_defaults.go
 DEFAULT_STEP = 15  # image.go, when neither the YAML nor the request sets one

@@ -23,10 +23,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import BackendProcess, backend_pb2, start_backend
+from harness import PNG_MAGIC, BackendProcess, backend_pb2, start_backend
 from PIL import Image
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VALIDATION_BUDGET_S = 1.0  # "milliseconds" in practice; generous for a loaded 2-core box
 TABLE_TIMES: list[float] = []
 

@@ -7,12 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from conftest import start_backend
-from PIL import Image
-
-
-def pixels(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+from harness import pixels, start_backend
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import sys
 
 import imageio.v3 as iio
 import pytest
-from conftest import REPO_ROOT, free_port, start_backend
+from harness import REPO_ROOT, free_port, start_backend
 from PIL import Image
 from tiny_models import tiny_text_to_video_path
 

@@ -24,10 +24,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import FAST_RECONNECT, BackendProcess, backend_pb2, backend_pb2_grpc, start_backend
+from harness import (
+    FAST_RECONNECT,
+    PNG_MAGIC,
+    BackendProcess,
+    backend_pb2,
+    backend_pb2_grpc,
+    pixels,
+    start_backend,
+)
 from PIL import Image
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLIENTS = 16
 PER_CLIENT = 13  # 16 x 13 = 208 requests
 
@@ -47,8 +54,6 @@ def new_stub(server: BackendProcess) -> tuple[grpc.Channel, backend_pb2_grpc.Bac
     return channel, backend_pb2_grpc.BackendStub(channel)
 
 
-def pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def test_health_and_status_answer_fast_while_16_generations_queue(server, tmp_path):

@@ -8,8 +8,8 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import start_backend
 from features_support import free, load_ok, mean_diff, pixels, same
+from harness import start_backend
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import (
+from harness import (
     FAST_RECONNECT,
+    PNG_MAGIC,
     REPO_ROOT,
     BackendProcess,
     backend_pb2,
@@ -29,7 +30,6 @@ from conftest import (
 )
 from PIL import Image
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SLOW_STEPS = 400  # 64x64 on the tiny pipeline: roughly 40-100 ms a step on 2 busy cores
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from conftest import start_backend
 from features_support import free, load_ok, mean_diff, pixels, rpc_error, same
+from harness import start_backend
 
 
 @pytest.fixture(scope="module")

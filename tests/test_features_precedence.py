@@ -67,7 +67,7 @@ def test_size_option_is_held_to_the_pixel_limit(backend, tiny_sd, tmp_path):
 
 def test_threads_sets_torch_cpu_threads(tmp_path, tiny_sd):
     """Threads changes the whole process's torch thread count, so it gets its own server."""
-    from conftest import start_backend
+    from harness import start_backend
 
     server = start_backend(tmp_path)
     try:

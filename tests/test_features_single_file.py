@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import backend_pb2
 from features_support import free, load_ok, pixels
+from harness import backend_pb2
 from tiny_models import fixture_dir, tiny_sd_single_file
 
 

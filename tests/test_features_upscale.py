@@ -6,8 +6,8 @@ import time
 
 import grpc
 import pytest
-from conftest import backend_pb2
 from features_support import free, load_ok, pixels, rpc_error, write_image
+from harness import backend_pb2
 from tiny_models import tiny_sd_upscale_path
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 import imageio.v3 as iio
 import pytest
-from conftest import backend_pb2
 from features_support import free, load_ok, rpc_error, write_image
+from harness import backend_pb2
 from tiny_models import tiny_svd_path, tiny_text_to_video_path
 
 

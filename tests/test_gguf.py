@@ -12,8 +12,8 @@ import sys
 
 import imageio.v3 as iio
 import pytest
-from conftest import backend_pb2, start_backend
 from features_support import free, load_ok, log_since
+from harness import backend_pb2, start_backend
 from PIL import Image
 from tiny_gguf_models import tiny_flux_gguf, tiny_wan_gguf
 from tiny_special_models import tiny_flux_path, tiny_wan_path

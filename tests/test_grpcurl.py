@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, start_backend
+from harness import REPO_ROOT, start_backend
 
 README = REPO_ROOT / "README.md"
 PLACEHOLDER_ADDR = "127.0.0.1:50051"

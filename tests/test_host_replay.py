@@ -12,8 +12,8 @@ import grpc
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from conftest import backend_pb2, start_backend
 from features_support import free, inpaint_request, log_since, pixels, rpc_error, same
+from harness import backend_pb2, start_backend
 from localai_host import LocalAIHost
 from tiny_models import (
     tiny_lora2_path,

@@ -17,8 +17,8 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from conftest import REPO_ROOT, backend_pb2, backend_pb2_grpc, free_port
 from features_support import pixels
+from harness import REPO_ROOT, backend_pb2, backend_pb2_grpc, free_port
 from localai_host import LocalAIHost
 from tiny_models import tiny_sd_path
 

@@ -10,7 +10,7 @@ import time
 
 import grpc
 import pytest
-from conftest import start_backend
+from harness import start_backend
 
 from diffusers_backend.logs import JsonFormatter, log_request
 from diffusers_backend.settings import SettingsError, load_settings

@@ -8,8 +8,8 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from conftest import backend_pb2
 from features_support import free, load_ok, write_image
+from harness import backend_pb2
 from tiny_pipeline_types import LTX2_TINY_OPTIONS, tiny_ltx2_image_to_video_path
 
 from diffusers_backend import media

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import PNG_MAGIC
 from PIL import Image
 
 from diffusers_backend.errors import (
@@ -39,7 +40,6 @@ from diffusers_backend.media import (
 )
 
 MAX = 4096 * 4096
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from conftest import REPO_ROOT, backend_pb2, free_port, start_backend
+from harness import REPO_ROOT, backend_pb2, free_port, start_backend
 from prometheus_client.parser import text_string_to_metric_families
 
 from diffusers_backend.metrics import size_bucket

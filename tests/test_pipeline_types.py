@@ -16,8 +16,8 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
-from conftest import backend_pb2, start_backend
 from features_support import free, load_ok, write_image
+from harness import backend_pb2, start_backend
 from PIL import Image
 from tiny_models import (
     tiny_sd_path,

@@ -11,14 +11,20 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import REPO_ROOT, BackendProcess, backend_pb2, backend_pb2_grpc, start_backend
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from harness import (
+    PNG_MAGIC,
+    REPO_ROOT,
+    BackendProcess,
+    backend_pb2,
+    backend_pb2_grpc,
+    start_backend,
+)
 from PIL import Image
 
 TOKEN = "s3cret-Token-4a7f19c2"
 WRONG = "wrong-Token-88e2d0b1"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------- servers

@@ -9,14 +9,8 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, backend_pb2, free_port, start_backend
+from harness import PNG_MAGIC, REPO_ROOT, backend_pb2, free_port, pixels, start_backend
 from PIL import Image
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def pixels(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
 def test_health_answers_within_half_a_second_of_start(tmp_path):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import imageio.v3 as iio
 import pytest
-from conftest import backend_pb2, start_backend
 from features_support import free, inpaint_request, load_ok, pixels, write_image
+from harness import backend_pb2, start_backend
 from PIL import Image
 from tiny_special_models import tiny_flux_path, tiny_sana_path, tiny_wan_path
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import start_backend
 from features_support import load_ok
+from harness import start_backend
 from PIL import Image
 from tiny_pipeline_types import tiny_chroma_path, tiny_sd3_path
 from tiny_special_models import tiny_flux_path
