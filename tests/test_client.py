@@ -12,7 +12,7 @@ import imageio.v3 as iio
 import pytest
 from harness import REPO_ROOT, free_port, start_backend
 from PIL import Image
-from tiny_models import tiny_text_to_video_path
+from tiny_video_models import tiny_text_to_video_path
 
 TOKEN = "client-test-token"
 

@@ -8,7 +8,7 @@ import imageio.v3 as iio
 import pytest
 from features_support import free, load_ok, rpc_error, write_image
 from harness import backend_pb2
-from tiny_models import tiny_svd_path, tiny_text_to_video_path
+from tiny_video_models import tiny_svd_path, tiny_text_to_video_path
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,8 @@ from features_support import free, load_ok, log_since
 from harness import backend_pb2, start_backend
 from PIL import Image
 from tiny_gguf_models import tiny_flux_gguf, tiny_wan_gguf
-from tiny_special_models import tiny_flux_path, tiny_wan_path
+from tiny_image_models import tiny_flux_path
+from tiny_video_models import tiny_wan_path
 
 from diffusers_backend.errors import LoadError
 from diffusers_backend.loading import special

@@ -20,9 +20,8 @@ from tiny_models import (
     tiny_lora_path,
     tiny_sd_path,
     tiny_sd_with_safety_checker_path,
-    tiny_svd_path,
-    tiny_text_to_video_path,
 )
+from tiny_video_models import tiny_svd_path, tiny_text_to_video_path
 
 SIZE = "64x64"
 

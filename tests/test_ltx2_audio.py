@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from features_support import free, load_ok, write_image
 from harness import backend_pb2
-from tiny_pipeline_types import LTX2_TINY_OPTIONS, tiny_ltx2_image_to_video_path
+from tiny_video_models import LTX2_TINY_OPTIONS, tiny_ltx2_image_to_video_path
 
 from diffusers_backend import media
 from diffusers_backend.errors import InvalidArgument

@@ -19,23 +19,21 @@ import pytest
 from features_support import free, load_ok, write_image
 from harness import backend_pb2, start_backend
 from PIL import Image
-from tiny_models import (
-    tiny_sd_path,
-    tiny_sd_upscale_path,
+from tiny_image_models import (
+    tiny_chroma_path,
+    tiny_flux_path,
+    tiny_flux_transformer_file,
+    tiny_sana_path,
+    tiny_sd3_path,
+    tiny_z_image_path,
+)
+from tiny_models import tiny_depth2img_path, tiny_sd_path, tiny_sd_upscale_path, tiny_sdxl_path
+from tiny_video_models import (
+    LTX2_TINY_OPTIONS,
+    tiny_ltx2_image_to_video_path,
     tiny_svd_path,
     tiny_text_to_video_path,
 )
-from tiny_pipeline_types import (
-    LTX2_TINY_OPTIONS,
-    tiny_chroma_path,
-    tiny_depth2img_path,
-    tiny_flux_transformer_file,
-    tiny_ltx2_image_to_video_path,
-    tiny_sd3_path,
-    tiny_sdxl_path,
-    tiny_z_image_path,
-)
-from tiny_special_models import tiny_flux_path, tiny_sana_path
 
 from diffusers_backend.errors import LoadError
 from diffusers_backend.loading import special

@@ -31,34 +31,12 @@ def sd(tiny_sd_pipeline):
 
 @pytest.fixture(scope="module")
 def sdxl():
-    """A tiny SDXL pipeline: two 32-wide CLIP encoders (the second with projection)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-    from tiny_models import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
+    """The tiny SDXL pipeline (tiny_models): two 32-wide CLIP encoders, the second with
+    projection; SDXL's default force_zeros_for_empty_prompt."""
+    from diffusers import StableDiffusionXLPipeline
+    from tiny_models import tiny_sdxl_path
 
-    unet = tiny_unet(
-        cross_attention_dim=64,  # 32 + 32: both encoders' hidden states side by side
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=80,  # 6 time ids * 8 + 32 pooled
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-    )
-    pipe = StableDiffusionXLPipeline(
-        vae=tiny_vae(),
-        text_encoder=tiny_clip_text_encoder(0),
-        text_encoder_2=tiny_clip_text_encoder(1, projection=True),
-        tokenizer=tiny_clip_tokenizer(),
-        tokenizer_2=tiny_clip_tokenizer(),
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(
-            beta_schedule="scaled_linear",
-            beta_start=0.00085,
-            beta_end=0.012,
-            steps_offset=1,
-            timestep_spacing="leading",
-        ),
-        force_zeros_for_empty_prompt=True,
-    )
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -1,8 +1,8 @@
 """The special loaders, called directly on tiny real pipelines of their families.
 
 Flux (with optimum-quanto quantization, base components from a local ``BFL_REPO``), Wan and
-Sana load from the folders built by tests/tiny_special_models.py; end-to-end generation over
-gRPC is in test_special_pipelines.py.
+Sana load from the folders built by tests/tiny_image_models.py and tiny_video_models.py;
+end-to-end generation over gRPC is in test_special_pipelines.py.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_flux_quantized_load_quantizes_transformer_and_t5(name, qtype):
     import torch
     from diffusers import FluxPipeline
     from optimum.quanto import QModuleMixin
-    from tiny_special_models import tiny_flux_path
+    from tiny_image_models import tiny_flux_path
 
     flux = str(tiny_flux_path())
     pipe = special.load_flux(FluxPipeline, ModelRef(RefKind.FOLDER, flux),
@@ -73,7 +73,7 @@ def test_flux_without_quantization_is_a_plain_load():
     import torch
     from diffusers import FluxPipeline
     from optimum.quanto import QModuleMixin
-    from tiny_special_models import tiny_flux_path
+    from tiny_image_models import tiny_flux_path
 
     flux = str(tiny_flux_path())
     pipe = special.load_flux(FluxPipeline, ModelRef(RefKind.FOLDER, flux),
@@ -95,7 +95,7 @@ def test_single_file_refused_for_a_class_without_it(tmp_path):
 def test_sana_loader_defaults_to_bf16_unless_a_dtype_is_chosen():
     import torch
     from diffusers import SanaPipeline
-    from tiny_special_models import tiny_sana_path
+    from tiny_image_models import tiny_sana_path
 
     sana = str(tiny_sana_path())
     ref = ModelRef(RefKind.FOLDER, sana)
@@ -113,7 +113,7 @@ def test_sana_loader_defaults_to_bf16_unless_a_dtype_is_chosen():
 def test_wan_loader_keeps_the_vae_in_float32():
     import torch
     from diffusers import WanPipeline
-    from tiny_special_models import tiny_wan_path
+    from tiny_video_models import tiny_wan_path
 
     wan = str(tiny_wan_path())
     pipe = special.load_wan(WanPipeline, ModelRef(RefKind.FOLDER, wan),
@@ -125,7 +125,7 @@ def test_wan_loader_keeps_the_vae_in_float32():
 
 def test_svd_loader_chunks_the_unet_feed_forward():
     from diffusers import StableVideoDiffusionPipeline
-    from tiny_models import tiny_svd_path
+    from tiny_video_models import tiny_svd_path
 
     path = tiny_svd_path()
     pipe = special.load_svd(StableVideoDiffusionPipeline, ModelRef(RefKind.FOLDER, str(path)),

@@ -12,7 +12,8 @@ import pytest
 from features_support import free, inpaint_request, load_ok, pixels, write_image
 from harness import backend_pb2, start_backend
 from PIL import Image
-from tiny_special_models import tiny_flux_path, tiny_sana_path, tiny_wan_path
+from tiny_image_models import tiny_flux_path, tiny_sana_path
+from tiny_video_models import tiny_wan_path
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tiny_models as tm  # tests/ is on pythonpath (pyproject.toml); conftest sets HF_HUB_OFFLINE
+import tiny_video_models as tv
 import torch
 from PIL import Image
 
@@ -85,7 +86,7 @@ def test_upscaler_doubles_the_size():
 def test_svd_returns_frames():
     from diffusers import StableVideoDiffusionPipeline
 
-    pipe = StableVideoDiffusionPipeline.from_pretrained(tm.tiny_svd_path())
+    pipe = StableVideoDiffusionPipeline.from_pretrained(tv.tiny_svd_path())
     pipe.set_progress_bar_config(disable=True)
     frames = pipe(
         image=Image.new("RGB", (64, 64), "blue"),
@@ -103,7 +104,7 @@ def test_svd_returns_frames():
 def test_text_to_video_returns_frames():
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(tm.tiny_text_to_video_path())
+    pipe = DiffusionPipeline.from_pretrained(tv.tiny_text_to_video_path())
     pipe.set_progress_bar_config(disable=True)
     frames = pipe(
         PROMPT, num_frames=4, height=64, width=64, num_inference_steps=2, generator=_generator()

@@ -9,7 +9,7 @@ import pytest
 from features_support import free, load_ok, write_image
 from harness import backend_pb2
 from PIL import Image
-from tiny_pipeline_types import LTX2_TINY_OPTIONS, tiny_ltx2_image_to_video_path
+from tiny_video_models import LTX2_TINY_OPTIONS, tiny_ltx2_image_to_video_path
 
 from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.video_task import _start_image_size, video_size_multiple

@@ -10,8 +10,7 @@ import torch
 from features_support import load_ok
 from harness import start_backend
 from PIL import Image
-from tiny_pipeline_types import tiny_chroma_path, tiny_sd3_path
-from tiny_special_models import tiny_flux_path
+from tiny_image_models import tiny_chroma_path, tiny_flux_path, tiny_sd3_path
 
 from diffusers_backend.prompts import build_prompt_kwargs
 from diffusers_backend.prompts.weighted import (

@@ -3,7 +3,7 @@
 GGUF files for diffusion models (city96's and others) hold one transformer; diffusers reads
 them with ``from_single_file`` and its converter for the family, so the tensor names must be
 a layout that converter accepts. Two families are built here, both from the tiny pipelines
-of :mod:`tiny_special_models` (which then serve as the ``gguf_base``):
+of :mod:`tiny_image_models` and :mod:`tiny_video_models` (which then serve as the ``gguf_base``):
 
 * **Flux, in diffusers' own layout.** Diffusers' converter from the original BFL layout
   hard-codes FLUX.1's width (3072) when it splits the fused single-block projections, so a
@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tiny_image_models import tiny_flux_path
 from tiny_models import cached_build
-from tiny_special_models import tiny_flux_path, tiny_wan_path
+from tiny_video_models import tiny_wan_path
 
 # diffusers key fragment -> original Wan key fragment, applied in order: the inverse of the
 # renames in diffusers' convert_wan_transformer_to_diffusers for a text-to-video model.

@@ -1,9 +1,18 @@
-"""Tiny random-weight diffusers pipelines, built from configs and cached on disk.
+"""Tiny random-weight diffusers pipelines, built from configs and cached on disk; the
+building blocks every tiny family shares; and the Stable Diffusion family (1.x/2.x, XL) with
+its add-ons (LoRA, ControlNet, upscaler, depth2img, safety checker, single-file checkpoints).
+
+Where a builder lives: Stable Diffusion and the shared parts here, other image families in
+:mod:`tiny_image_models`, every video family in :mod:`tiny_video_models`, GGUF files in
+:mod:`tiny_gguf_models`, and the diffusers -> original-checkpoint key mapping in
+:mod:`ldm_convert`.
 
 No test machine reaches the Hugging Face Hub, so tests build pipelines that are real in
 every line of code but tiny in size (a few MB), save them with ``save_pretrained`` and load
 them back through the same code paths users hit. Builds are cached under
-``.test-fixtures/<library versions>/`` so only the first test session pays for them.
+``.test-fixtures/<library versions>/`` so only the first test session pays for them. Every
+tokenizer is the byte-level CLIP one (no vocabulary downloads); pipelines that format prompts
+with a chat template get a one-line template.
 """
 
 from __future__ import annotations
@@ -16,8 +25,14 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+from ldm_convert import sd_to_ldm_state_dict
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
 FIXTURE_ROOT = Path(os.environ.get("TINY_FIXTURE_DIR", REPO_ROOT / ".test-fixtures"))
+
+
 FIXTURE_FORMAT = 1  # bump when a builder changes what it writes
 
 
@@ -220,11 +235,9 @@ def tiny_sd_with_safety_checker_path() -> Path:
     return cached_build("tiny-sd-safety-checker", _build_sd_with_safety_checker)
 
 
-# --------------------------------------------------------------------------------------
-# Adapters and extra pipelines built on the tiny SD components
-# --------------------------------------------------------------------------------------
-
 LORA_TARGETS_UNET = ["to_k", "to_q", "to_v", "to_out.0"]
+
+
 LORA_TARGETS_TEXT = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
@@ -325,244 +338,6 @@ def tiny_sd_upscale_path() -> Path:
     return cached_build("tiny-sd-upscale", _build_sd_upscale)
 
 
-def _build_svd(path: Path) -> None:
-    import torch
-    from diffusers import (
-        AutoencoderKLTemporalDecoder,
-        EulerDiscreteScheduler,
-        StableVideoDiffusionPipeline,
-        UNetSpatioTemporalConditionModel,
-    )
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    try:  # transformers 5 without torchvision: the PIL backend, imported directly (no warning)
-        from transformers import CLIPImageProcessorPil as ImageProcessor
-    except ImportError:
-        from transformers import CLIPImageProcessor as ImageProcessor
-
-    torch.manual_seed(0)
-    unet = UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=8,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        cross_attention_dim=32,
-        num_attention_heads=(4, 8),
-        projection_class_embeddings_input_dim=3 * 32,  # fps, motion bucket, noise aug strength
-        addition_time_embed_dim=32,
-    ).eval()
-    torch.manual_seed(0)
-    vae = AutoencoderKLTemporalDecoder(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        latent_channels=4,
-    ).eval()
-    torch.manual_seed(0)
-    # The pipeline resizes the conditioning image to 224 px for CLIP; 32 px patches keep it cheap.
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            projection_dim=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=224,
-            intermediate_size=37,
-            patch_size=32,
-        )
-    ).eval()
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        interpolation_type="linear",
-        num_train_timesteps=1000,
-        prediction_type="v_prediction",
-        sigma_max=700.0,
-        sigma_min=0.002,
-        steps_offset=1,
-        timestep_spacing="leading",
-        timestep_type="continuous",
-        use_karras_sigmas=True,
-    )
-    pipe = StableVideoDiffusionPipeline(
-        vae=vae,
-        image_encoder=image_encoder,
-        unet=unet,
-        scheduler=scheduler,
-        feature_extractor=ImageProcessor(crop_size=224, size=224),
-    )
-    pipe.save_pretrained(path)
-    # Name the processor as Hub checkpoints do; transformers picks its PIL or torchvision backend.
-    index = json.loads((path / "model_index.json").read_text())
-    index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
-    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def tiny_svd_path() -> Path:
-    """Folder of a tiny StableVideoDiffusionPipeline (image-to-video, 2x VAE, 224 px CLIP)."""
-    return cached_build("tiny-svd", _build_svd)
-
-
-def _build_text_to_video(path: Path) -> None:
-    import torch
-    from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet3DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    ).eval()
-    scheduler = sd_ddim_scheduler()
-    pipe = TextToVideoSDPipeline(
-        vae=tiny_vae(),
-        text_encoder=tiny_clip_text_encoder(),
-        tokenizer=tiny_clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-    )
-    pipe.save_pretrained(path)
-    tiny_clip_tokenizer(save_to=path / "tokenizer")
-
-
-def tiny_text_to_video_path() -> Path:
-    """Folder of a tiny TextToVideoSDPipeline (the ModelScope/zeroscope layout, UNet3D)."""
-    return cached_build("tiny-text-to-video", _build_text_to_video)
-
-
-# --------------------------------------------------------------------------------------
-# Single-file (original LDM / A1111 layout) checkpoints
-# --------------------------------------------------------------------------------------
-
-_LDM_RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
-_LDM_VAE_ATTENTION = {
-    "group_norm": "norm",
-    "to_q": "q",
-    "to_k": "k",
-    "to_v": "v",
-    "to_out.0": "proj_out",
-}
-
-
-def _rename(key: str, prefixes: list[tuple[str, str, dict | None]]) -> str | None:
-    for old, new, inner in prefixes:
-        if key.startswith(old):
-            rest = key[len(old) :]
-            for inner_old, inner_new in (inner or {}).items():
-                if rest.startswith(inner_old + "."):
-                    rest = inner_new + rest[len(inner_old) :]
-                    break
-            return new + rest
-    return None
-
-
-def unet_to_ldm(state_dict: dict, config) -> dict:
-    """Rename a diffusers UNet2DConditionModel state dict to the LDM ``model.diffusion_model``."""
-    per_block = config["layers_per_block"]
-    n_blocks = len(config["block_out_channels"])
-    prefixes: list[tuple[str, str, dict | None]] = [
-        ("time_embedding.linear_1.", "time_embed.0.", None),
-        ("time_embedding.linear_2.", "time_embed.2.", None),
-        ("class_embedding.", "label_emb.", None),  # num_class_embeds (the x4 upscaler)
-        ("conv_in.", "input_blocks.0.0.", None),
-        ("conv_norm_out.", "out.0.", None),
-        ("conv_out.", "out.2.", None),
-        ("mid_block.resnets.0.", "middle_block.0.", _LDM_RESNET),
-        ("mid_block.attentions.0.", "middle_block.1.", None),
-        ("mid_block.resnets.1.", "middle_block.2.", _LDM_RESNET),
-    ]
-    for i in range(n_blocks):
-        for j in range(per_block):
-            k = 1 + i * (per_block + 1) + j
-            prefixes.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{k}.0.", _LDM_RESNET))
-            prefixes.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{k}.1.", None))
-        k = 1 + i * (per_block + 1) + per_block
-        prefixes.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{k}.0.op.", None))
-        has_attention = any(key.startswith(f"up_blocks.{i}.attentions.") for key in state_dict)
-        for j in range(per_block + 1):
-            k = i * (per_block + 1) + j
-            prefixes.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{k}.0.", _LDM_RESNET))
-            prefixes.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{k}.1.", None))
-        k = i * (per_block + 1) + per_block
-        upsampler = f"output_blocks.{k}.{2 if has_attention else 1}.conv."
-        prefixes.append((f"up_blocks.{i}.upsamplers.0.conv.", upsampler, None))
-    return _renamed(state_dict, prefixes, "model.diffusion_model.")
-
-
-def vae_to_ldm(state_dict: dict, config) -> dict:
-    """Rename a diffusers AutoencoderKL state dict to the LDM ``first_stage_model`` layout."""
-    n_blocks = len(config["block_out_channels"])
-    resnet = {"conv_shortcut": "nin_shortcut"}
-    prefixes: list[tuple[str, str, dict | None]] = [
-        ("quant_conv.", "quant_conv.", None),
-        ("post_quant_conv.", "post_quant_conv.", None),
-    ]
-    for part in ("encoder", "decoder"):
-        prefixes += [
-            (f"{part}.conv_in.", f"{part}.conv_in.", None),
-            (f"{part}.conv_out.", f"{part}.conv_out.", None),
-            (f"{part}.conv_norm_out.", f"{part}.norm_out.", None),
-            (f"{part}.mid_block.resnets.0.", f"{part}.mid.block_1.", resnet),
-            (f"{part}.mid_block.resnets.1.", f"{part}.mid.block_2.", resnet),
-            (f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1.", _LDM_VAE_ATTENTION),
-        ]
-    for i in range(n_blocks):
-        up = n_blocks - 1 - i  # LDM numbers decoder blocks from the lowest resolution up
-        prefixes += [
-            (f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block.", None),
-            (f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample.", None),
-            (f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{up}.block.", None),
-            (f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{up}.upsample.", None),
-        ]
-    out = _renamed(state_dict, prefixes, "first_stage_model.")
-    for key in list(out):
-        if ".nin_shortcut." not in key and "conv_shortcut" in key:
-            out[key.replace("conv_shortcut", "nin_shortcut")] = out.pop(key)
-        if ".mid.attn_1." in key and key.endswith("weight") and out[key].ndim == 2:
-            out[key] = out[key][:, :, None, None]  # LDM stores attention projections as 1x1 convs
-    return out
-
-
-def _renamed(state_dict: dict, prefixes: list, prefix: str) -> dict:
-    out = {}
-    for key, value in state_dict.items():
-        new = _rename(key, prefixes)
-        if new is None:
-            raise KeyError(f"no LDM name for {key}")
-        out[prefix + new] = value.detach().clone().contiguous()
-    return out
-
-
-def sd_to_ldm_state_dict(pipe) -> dict:
-    """The state dict of an SD 1.x pipeline in the original single-file (LDM/A1111) layout."""
-    state = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
-    state.update(vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config))
-    for key, value in pipe.text_encoder.state_dict().items():
-        # transformers >= 5.6 flattened CLIPTextModel (no ``text_model.``); LDM files keep it.
-        key = key if key.startswith("text_model.") else "text_model." + key
-        state["cond_stage_model.transformer." + key] = value.detach().clone().contiguous()
-    return state
-
-
 def _normalise_ext(ext: str) -> str:
     return ext if ext.startswith(".") else "." + ext
 
@@ -604,3 +379,116 @@ def tiny_pickle_checkpoint(directory: Path | None = None, ext: str = ".ckpt") ->
     file.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cached, file)
     return file
+
+
+# The prompt itself: enough for pipelines that wrap prompts in a chat template.
+PLAIN_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+
+def chat_tokenizer():
+    tokenizer = tiny_clip_tokenizer()
+    tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_pipeline(pipe, path: Path, *tokenizer_folders: str, chat: bool = False) -> None:
+    """save_pretrained, then vocab.json/merges.txt beside each tokenizer (as tiny_models does)."""
+    pipe.save_pretrained(path)
+    for folder in tokenizer_folders:
+        tokenizer = tiny_clip_tokenizer(save_to=path / folder)
+        if chat:
+            tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+            tokenizer.save_pretrained(path / folder)
+
+
+def rename_processor(path: Path, component: str, class_name: str) -> None:
+    """Name a PIL image processor as Hub checkpoints do (transformers picks its backend)."""
+    index = json.loads((path / "model_index.json").read_text())
+    index[component] = ["transformers", class_name]
+    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def flux_like_vae(latent_channels: int, seed: int = 0):
+    """A 4-block (8x) KL VAE like Flux's, so sizes snap to the real multiple (16)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 4, 4, 4),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, latent_channels=latent_channels, norm_num_groups=1,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+        scaling_factor=1.5035).eval()
+
+
+def _build_sdxl(path: Path) -> None:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    unet = tiny_unet(
+        cross_attention_dim=64,  # both 32-wide encoders' hidden states side by side
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=80,  # 6 time ids * 8 + 32 pooled
+        attention_head_dim=(2, 4), use_linear_projection=True)
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(), text_encoder=tiny_clip_text_encoder(0),
+        text_encoder_2=tiny_clip_text_encoder(1, projection=True),
+        tokenizer=tiny_clip_tokenizer(), tokenizer_2=tiny_clip_tokenizer(), unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                         beta_end=0.012, steps_offset=1,
+                                         timestep_spacing="leading"))
+    save_pipeline(pipe, path, "tokenizer", "tokenizer_2")
+
+
+def tiny_sdxl_path() -> Path:
+    """Folder of a tiny StableDiffusionXLPipeline (two 32-wide CLIP encoders)."""
+    return cached_build("tiny-sdxl", _build_sdxl)
+
+
+def _build_depth2img(path: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionDepth2ImgPipeline
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    try:  # transformers 5 without torchvision: the PIL backend, imported directly
+        from transformers import DPTImageProcessorPil as DepthProcessor
+    except ImportError:
+        from transformers import DPTImageProcessor as DepthProcessor
+
+    torch.manual_seed(0)
+    depth_estimator = DPTForDepthEstimation(DPTConfig(
+        image_size=32, patch_size=16, num_channels=3, hidden_size=32, num_hidden_layers=4,
+        backbone_out_indices=(0, 1, 2, 3), num_attention_heads=4, intermediate_size=37,
+        neck_hidden_sizes=[16, 16, 16, 16], fusion_hidden_size=16, head_hidden_size=16,
+        is_hybrid=False)).eval()
+    pipe = StableDiffusionDepth2ImgPipeline(
+        vae=tiny_vae(), text_encoder=tiny_clip_text_encoder(), tokenizer=tiny_clip_tokenizer(),
+        unet=tiny_unet(in_channels=5),  # 4 latent channels + the depth map
+        scheduler=sd_ddim_scheduler(), depth_estimator=depth_estimator,
+        feature_extractor=DepthProcessor(size={"height": 32, "width": 32},
+                                         keep_aspect_ratio=False))
+    save_pipeline(pipe, path, "tokenizer")
+    rename_processor(path, "feature_extractor", "DPTImageProcessor")
+
+
+def tiny_depth2img_path() -> Path:
+    """Folder of a tiny StableDiffusionDepth2ImgPipeline (ViT DPT depth estimator at 32 px)."""
+    return cached_build("tiny-depth2img", _build_depth2img)
+
+
+VOCAB_SIZE = len(byte_level_vocab())
+
+
+def tiny_t5_encoder(seed: int = 0, umt5: bool = False):
+    """A 2-layer T5 (Flux's text_encoder_2) or UMT5 (Wan's text encoder), width 32."""
+    import torch
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config,
+                                                                         T5EncoderModel)
+    config = config_cls(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                        vocab_size=VOCAB_SIZE, relative_attention_num_buckets=8,
+                        relative_attention_max_distance=16, pad_token_id=VOCAB_SIZE - 1,
+                        eos_token_id=VOCAB_SIZE - 1, decoder_start_token_id=0)
+    return model_cls(config).eval()

@@ -4,7 +4,7 @@ Every other pipeline loads through :func:`default_load`. A special case is one s
 function registered in :data:`SPECIAL_LOADERS` under the pipeline class names it serves;
 :data:`COMPONENT_LOADERS` adds ``pipeline_type`` values that name a diffusers model class
 (LocalAI's ``FluxTransformer2DModel``) and build the pipeline around it. Each one runs in the
-tests on a tiny real pipeline of its family (tests/tiny_special_models, tiny_pipeline_types).
+tests on a tiny real pipeline of its family (tests/tiny_image_models, tiny_video_models).
 """
 
 from __future__ import annotations
