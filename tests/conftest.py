@@ -68,3 +68,24 @@ def loaded_backend(session_tmp, tiny_sd) -> Iterator[BackendProcess]:
     assert result.success, result.message
     yield server
     server.stop()
+
+
+@pytest.fixture()
+def free_backend_after(backend) -> Iterator[BackendProcess]:
+    """The shared server, with its model freed after the test (modules that load their own
+    models on it use this, so they leave it as they found it)."""
+    from features_support import free
+
+    yield backend
+    free(backend)
+
+
+@pytest.fixture(scope="module")
+def flux_base_backend(tmp_path_factory) -> Iterator[BackendProcess]:
+    """A server whose BFL_REPO is the tiny Flux folder (Flux loads take their base there)."""
+    from tiny_image_models import tiny_flux_path
+
+    server = start_backend(tmp_path_factory.mktemp("flux-base"),
+                           env={"BFL_REPO": str(tiny_flux_path())})
+    yield server
+    server.stop()

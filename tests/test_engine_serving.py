@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from features_support import free, load_ok, mean_diff, pixels, same
+from features_support import load_ok, mean_diff, pixels, same
 from harness import start_backend
 
 
@@ -65,13 +65,7 @@ def test_a_batched_image_equals_the_same_request_alone(batching_server, tmp_path
     assert diff.max() <= 2
 
 
-@pytest.fixture()
-def _free_after(backend):
-    yield
-    free(backend)
-
-
-@pytest.mark.usefixtures("_free_after")
+@pytest.mark.usefixtures("free_backend_after")
 def test_compile_is_applied_and_warmed_up_inside_load_model(backend, tiny_sd, tmp_path):
     """torch.compile through the ``eager`` backend: the real wiring (module.compile, warm-up
     call in LoadModel) without minutes of code generation on a 2-core CPU."""
@@ -85,7 +79,7 @@ def test_compile_is_applied_and_warmed_up_inside_load_model(backend, tiny_sd, tm
     assert same(tmp_path / "eager.png", tmp_path / "compiled.png")
 
 
-@pytest.mark.usefixtures("_free_after")
+@pytest.mark.usefixtures("free_backend_after")
 def test_channels_last_and_fused_qkv_keep_the_image(backend, tiny_sd, tmp_path):
     load_ok(backend, tiny_sd)
     backend.image(tmp_path / "plain.png", seed=13)
@@ -97,7 +91,7 @@ def test_channels_last_and_fused_qkv_keep_the_image(backend, tiny_sd, tmp_path):
     assert mean_diff(tmp_path / "plain.png", tmp_path / "fast.png") < 1.0
 
 
-@pytest.mark.usefixtures("_free_after")
+@pytest.mark.usefixtures("free_backend_after")
 def test_an_unknown_compile_mode_fails_the_load_naming_it(backend, tiny_sd):
     result = backend.load(tiny_sd, Options=["compile:true", "compile_mode:turbo"])
     assert not result.success

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from features_support import free, load_ok, mean_diff, same
+from features_support import load_ok, mean_diff, same
 from tiny_models import cached_build, tiny_clip_text_encoder
 
 
@@ -20,10 +20,7 @@ def other_encoder() -> Path:
     return cached_build("tiny-clip-text-encoder-seed7", _build_other_encoder)
 
 
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 def _generate(server, dst: Path) -> Path:

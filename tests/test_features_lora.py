@@ -6,14 +6,10 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from features_support import free, load_ok, mean_diff, same
+from features_support import load_ok, mean_diff, same
 from tiny_models import fixture_dir, tiny_controlnet_path, tiny_lora2_path, tiny_lora_path
 
-
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 @pytest.fixture(scope="module")

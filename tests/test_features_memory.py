@@ -11,17 +11,13 @@ runs the real offload paths and is skipped without CUDA.
 from __future__ import annotations
 
 import pytest
-from features_support import free, load_ok, log_since, pixels
+from features_support import load_ok, log_since, pixels
 
 from diffusers_backend.loading.pipeline_loader import load_pipeline
 from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.settings import load_settings
 
-
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 CASES = [

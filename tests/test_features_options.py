@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from features_support import free, load_ok, log_since, mean_diff, same
+from features_support import load_ok, log_since, mean_diff, same
 from tiny_models import tiny_lora_path
 
-
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 def test_eta_call_option_changes_a_ddim_image(backend, tiny_sd, tmp_path):

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from features_support import free, load_ok, mean_diff, pixels, rpc_error, same
+from features_support import load_ok, mean_diff, pixels, rpc_error, same
 
-
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 def test_cfg_scale_from_load_model_applies(backend, tiny_sd, tmp_path):

@@ -4,7 +4,7 @@ load, are installed on the pipeline, and generate through GenerateImage."""
 from __future__ import annotations
 
 import pytest
-from features_support import free, load_ok, log_since, mean_diff, pixels
+from features_support import load_ok, log_since, mean_diff, pixels
 
 from diffusers_backend.schedulers import available_scheduler_names
 
@@ -26,10 +26,7 @@ KARRAS_CAPABLE = {"heun", "unipc", "euler", "lms", "dpm_2", "dpm_2_a", "dpmpp_2m
                   "dpmpp_2m_sde"}
 
 
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 def test_every_a1111_name_is_covered():

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from features_support import free, load_ok, pixels
+from features_support import load_ok, pixels
 from harness import backend_pb2
 from tiny_models import fixture_dir, tiny_sd_single_file
 
-
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 def test_single_file_with_config_generates(backend, tiny_sd, tmp_path):

@@ -10,11 +10,7 @@ from features_support import free, load_ok, pixels, rpc_error, write_image
 from harness import backend_pb2
 from tiny_models import tiny_sd_upscale_path
 
-
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 def upscale(server, src, dst, scale=0):

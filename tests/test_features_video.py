@@ -6,15 +6,11 @@ from __future__ import annotations
 import grpc
 import imageio.v3 as iio
 import pytest
-from features_support import free, load_ok, rpc_error, write_image
+from features_support import load_ok, rpc_error, write_image
 from harness import backend_pb2
 from tiny_video_models import tiny_svd_path, tiny_text_to_video_path
 
-
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 def video(server, dst, **fields):

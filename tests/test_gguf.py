@@ -13,7 +13,7 @@ import sys
 import imageio.v3 as iio
 import pytest
 from features_support import free, load_ok, log_since
-from harness import backend_pb2, start_backend
+from harness import backend_pb2
 from PIL import Image
 from tiny_gguf_models import tiny_flux_gguf, tiny_wan_gguf
 from tiny_image_models import tiny_flux_path
@@ -27,11 +27,8 @@ from diffusers_backend.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc = start_backend(tmp_path_factory.mktemp("gguf"),
-                         env={"BFL_REPO": str(tiny_flux_path())})
-    yield proc
-    proc.stop()
+def server(flux_base_backend):
+    return flux_base_backend
 
 
 def _image(server, dst):

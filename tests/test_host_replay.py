@@ -12,7 +12,7 @@ import grpc
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from features_support import free, inpaint_request, log_since, pixels, rpc_error, same
+from features_support import inpaint_request, log_since, pixels, rpc_error, same
 from harness import backend_pb2, start_backend
 from localai_host import LocalAIHost
 from tiny_models import (
@@ -26,10 +26,7 @@ from tiny_video_models import tiny_svd_path, tiny_text_to_video_path
 SIZE = "64x64"
 
 
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from features_support import free, load_ok, write_image
+from features_support import load_ok, write_image
 from harness import backend_pb2
 from tiny_video_models import LTX2_TINY_OPTIONS, tiny_ltx2_image_to_video_path
 
@@ -20,10 +20,7 @@ GALLERY_FIELDS = {"LowVRAM": True, "Options": ["torch_dtype:bf16", *LTX2_TINY_OP
 TINY_SAMPLE_RATE = 16000  # the tiny vocoder's output_sampling_rate (LTX-2's real one: 24000)
 
 
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 def _streams(path):

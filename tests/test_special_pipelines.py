@@ -10,18 +10,15 @@ from __future__ import annotations
 import imageio.v3 as iio
 import pytest
 from features_support import free, inpaint_request, load_ok, pixels, write_image
-from harness import backend_pb2, start_backend
+from harness import backend_pb2
 from PIL import Image
 from tiny_image_models import tiny_flux_path, tiny_sana_path
 from tiny_video_models import tiny_wan_path
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc = start_backend(tmp_path_factory.mktemp("special"),
-                         env={"BFL_REPO": str(tiny_flux_path())})
-    yield proc
-    proc.stop()
+def server(flux_base_backend):
+    return flux_base_backend
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import av
 import pytest
-from features_support import free, load_ok, write_image
+from features_support import load_ok, write_image
 from harness import backend_pb2
 from PIL import Image
 from tiny_video_models import LTX2_TINY_OPTIONS, tiny_ltx2_image_to_video_path
@@ -14,11 +14,7 @@ from tiny_video_models import LTX2_TINY_OPTIONS, tiny_ltx2_image_to_video_path
 from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.video_task import _start_image_size, video_size_multiple
 
-
-@pytest.fixture(autouse=True)
-def _free_after(backend):
-    yield
-    free(backend)
+pytestmark = pytest.mark.usefixtures("free_backend_after")
 
 
 def _size(path):
