@@ -215,18 +215,25 @@ def tiny_ltx2_image_to_video_path() -> Path:
     return cached_build("tiny-ltx2-image-to-video", _build_ltx2_image_to_video)
 
 
+def _tiny_wan_vae():
+    """Wan's 3D VAE (z_dim 16, 4x temporal and 8x spatial compression), tiny."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]).eval()
+
+
 def _build_wan(path: Path) -> None:
     import torch
     from diffusers import (
-        AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
         WanPipeline,
         WanTransformer3DModel,
     )
 
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True]).eval()
+    vae = _tiny_wan_vae()
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
@@ -246,15 +253,12 @@ def tiny_wan_path() -> Path:
 def _build_wan_i2v(path: Path) -> None:
     import torch
     from diffusers import (
-        AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
         WanImageToVideoPipeline,
         WanTransformer3DModel,
     )
 
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True]).eval()
+    vae = _tiny_wan_vae()
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(  # 16 noise + 4 mask + 16 start-image channels
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36,
