@@ -231,36 +231,28 @@ def _denoiser_dtype_name(pipe: Any, asked: str) -> str:
     return asked
 
 
-def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
-    """Load everything LoadModel asked for; raise LoadError naming the failing part."""
-    from .. import schedulers
-
-    started = time.perf_counter()
-    spec.validate()
+def _find(spec: LoadSpec, settings: Settings) -> tuple[LoadSpec, ModelRef, type]:
+    """What to load and as which class: a URL fetched once, the reference, the class."""
     spec = download.fetch_url_model(spec, settings.safetensors_only)  # a URL: fetch it once
     ref = resolve_model_ref(spec.model, spec.model_file, spec.model_path,
                             safetensors_only=settings.safetensors_only)
     # a .gguf file is a transformer alone: its base repo names the pipeline class
     class_ref = special.gguf_base_ref(spec, settings) if special.is_gguf(ref) else ref
     try:
-        cls = resolve_class(spec, class_ref)
+        return spec, ref, resolve_class(spec, class_ref)
     except LoadError as exc:
         if ref.kind is RefKind.HUB and looks_missing(exc):
             raise LoadError(missing_model_message(spec.model, spec.model_file,
                                                   spec.model_path)) from exc
         raise
-    device = placement.pick_device(spec, settings)
-    dtype = placement.torch_dtype(spec)
-    if spec.threads > 0:
-        import torch
 
-        torch.set_num_threads(spec.threads)
-    kwargs = build_load_kwargs(spec, ref, settings, dtype, device, cls)
+
+def _load_weights(spec: LoadSpec, ref: ModelRef, cls: type, kwargs: dict[str, Any],
+                  settings: Settings) -> Any:
+    """The pipeline's weights through its (special) loader; library failures explained."""
     loader = special.load_gguf if special.is_gguf(ref) else special.loader_for(cls.__name__)
-    log.info("loading %s as %s (%s, %s)", ref.location, cls.__name__, device,
-             spec.torch_dtype_name())
     try:
-        pipe = _load_with_variant_fallback(loader, cls, ref, kwargs, spec, settings)
+        return _load_with_variant_fallback(loader, cls, ref, kwargs, spec, settings)
     except LoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any library failure, reported with context
@@ -279,17 +271,60 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
         raise LoadError(
             f"could not load {ref.location} as {cls.__name__}: {short_message(exc)}"
         ) from exc
+
+
+def _scheduler(pipe: Any, spec: LoadSpec, warnings: list[str]) -> LoadSpec:
+    """Install scheduler_type; an unknown name keeps the model's own (with a warning), as
+    LocalAI's backend ignores it (its docs even show the typo k_dpp_sde)."""
+    from .. import schedulers
+
+    if not spec.scheduler_type:
+        return spec
+    try:
+        schedulers.apply_scheduler(pipe, spec.scheduler_type)
+    except BackendError as exc:
+        warnings.append(f"scheduler_type {spec.scheduler_type!r} ignored, keeping "
+                        f"{type(getattr(pipe, 'scheduler', None)).__name__}: {exc}")
+        return replace(spec, scheduler_type="")
+    return spec
+
+
+def _describe(pipe: Any, spec: LoadSpec, description: str) -> str:
+    """The ``loaded ...`` log line's details: scheduler installed, CPU threads."""
+    scheduler = getattr(pipe, "scheduler", None)
+    if spec.scheduler_type and scheduler is not None:
+        karras = bool(getattr(scheduler.config, "use_karras_sigmas", False))
+        description += (f", scheduler {spec.scheduler_type} = {type(scheduler).__name__}"
+                        + (" (karras)" if karras else ""))
+    if spec.threads > 0:
+        import torch
+
+        description += f", {torch.get_num_threads()} CPU threads"
+    return description
+
+
+def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
+    """Load everything LoadModel asked for; raise LoadError naming the failing part.
+
+    Order: find (URL, reference, class), the weights, then what goes on top: safety checker
+    off, scheduler, ControlNet / img2img variant, LoRAs, placement, speed options.
+    """
+    started = time.perf_counter()
+    spec.validate()
+    spec, ref, cls = _find(spec, settings)
+    device = placement.pick_device(spec, settings)
+    dtype = placement.torch_dtype(spec)
+    if spec.threads > 0:
+        import torch
+
+        torch.set_num_threads(spec.threads)
+    kwargs = build_load_kwargs(spec, ref, settings, dtype, device, cls)
+    log.info("loading %s as %s (%s, %s)", ref.location, cls.__name__, device,
+             spec.torch_dtype_name())
+    pipe = _load_weights(spec, ref, cls, kwargs, settings)
     warnings = list(spec.warnings)
     _drop_safety_checker(pipe, spec)
-    if spec.scheduler_type:
-        try:
-            schedulers.apply_scheduler(pipe, spec.scheduler_type)
-        except BackendError as exc:
-            # LocalAI's backend ignores a scheduler it does not know (its docs even show
-            # the typo k_dpp_sde): keep the model's own scheduler and say so.
-            warnings.append(f"scheduler_type {spec.scheduler_type!r} ignored, keeping "
-                            f"{type(getattr(pipe, 'scheduler', None)).__name__}: {exc}")
-            spec = replace(spec, scheduler_type="")
+    spec = _scheduler(pipe, spec, warnings)
     controlnet = None
     if spec.controlnet:
         extra = {k: kwargs[k] for k in ("use_safetensors",) if k in kwargs}
@@ -303,15 +338,7 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
         description += ", " + ", ".join(speed_notes)
         if warmed:
             description += f", warmed up in {warmed:.1f}s"
-    scheduler = getattr(pipe, "scheduler", None)
-    if spec.scheduler_type and scheduler is not None:
-        karras = bool(getattr(scheduler.config, "use_karras_sigmas", False))
-        description += (f", scheduler {spec.scheduler_type} = {type(scheduler).__name__}"
-                        + (" (karras)" if karras else ""))
-    if spec.threads > 0:
-        import torch
-
-        description += f", {torch.get_num_threads()} CPU threads"
+    description = _describe(pipe, spec, description)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     elapsed = time.perf_counter() - started
