@@ -335,3 +335,35 @@ def test_lora_adapter_and_lora_adapters_together_load_both(backend, models, tmp_
         images[name], _ = generate(backend, host, tmp_path)
     assert not same(images["both"], images["a"])
     assert not same(images["both"], images["b"])
+
+
+def test_a_missing_model_says_the_hub_was_reachable_and_has_no_such_repo(tmp_path, models):
+    """With the Hub allowed, the message says what the Hub answered. The Hub here is a
+    loopback server that knows no repo (HF_ENDPOINT), so nothing leaves the machine."""
+    import http.server
+    import threading
+
+    class NoRepos(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 - http.server's naming
+            self.send_response(404)
+            self.end_headers()
+
+        do_GET = do_HEAD  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoRepos)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    server = start_backend(tmp_path, env={
+        "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_HOME": str(tmp_path / "hf"),
+        "HF_ENDPOINT": f"http://127.0.0.1:{hub.server_address[1]}"})
+    try:
+        host = host_for(models, parameters={"model": "nobody/no-such-model"})
+        result = server.stub.LoadModel(host.model_options(), timeout=120)
+    finally:
+        server.stop()
+        hub.shutdown()
+    assert not result.success
+    assert str(models / "nobody/no-such-model") in result.message
+    assert "the Hub was reachable: no such repo there" in result.message
