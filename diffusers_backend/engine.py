@@ -9,7 +9,7 @@ so calls on it must not overlap; and torch's CPU thread pools are per calling th
 Why batches: text-to-image requests that differ only in prompt, negative prompt and seed
 share one pipeline call, each image still made from its own seed. A batch about to start
 waits a short, bounded window for companions (``DIFFUSERS_BATCH_WINDOW_MS``, adaptive by
-default: longer while other requests are still being validated, at most 2 % of a call
+default: longer while other requests are still being validated, at most 1 % of a call
 otherwise), so simultaneous clients become one batch, not 1 + 7. A batch that runs out of
 memory is retried one request at a time.
 """
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 IsCancelled = Callable[[], bool]
 AUTO_WINDOW_FRACTION = 0.1  # of the last pipeline call's time, while companions arrive...
 AUTO_WINDOW_BOUNDS_S = (0.002, 0.05)  # ...held between these
-IDLE_WINDOW_FRACTION = 0.02  # of the last call, when nobody else is arriving
+IDLE_WINDOW_FRACTION = 0.01  # of the last call, when nobody else is arriving
 
 
 class Plan(Protocol):
@@ -211,7 +211,7 @@ class Engine:
 
         ``DIFFUSERS_BATCH_WINDOW_MS`` set: that long in both cases. Auto (the default): while
         companions are on their way, 10 % of the last pipeline call (2 to 50 ms); otherwise
-        2 % of it, the overhead a lone request is allowed, long enough to catch a burst
+        1 % of it (a third of the 3 % overhead budget), long enough to catch a burst
         whose first request happened to be validated before the others arrived.
         """
         configured = self._settings.batch_window_ms
