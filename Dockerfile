@@ -27,7 +27,7 @@ RUN uv python install "${PYTHON_VERSION}" --install-dir /tmp/python \
     else extra=""; fi \
  && uv pip install --python /backend/python/bin/python3 --break-system-packages ${extra} \
       -r "requirements-${BUILD_TYPE}.txt" \
- && /backend/python/bin/python3 -m diffusers_backend.protogen --force \
+ && /backend/python/bin/python3 -m diffusers_backend.serving.protogen --force \
  && chmod +x run.sh
 
 FROM scratch

@@ -29,7 +29,7 @@ install: $(STAMP) protogen
 protogen: backend_pb2.py backend_pb2_grpc.py
 
 backend_pb2.py backend_pb2_grpc.py: backend.proto $(STAMP)
-	$(PY) -m diffusers_backend.protogen --force
+	$(PY) -m diffusers_backend.serving.protogen --force
 
 run: install
 	exec ./run.sh --addr $(ADDR)

@@ -23,5 +23,5 @@ fi
 if [ -d /opt/intel ]; then export XPU="${XPU:-1}"; fi
 if [ "$(uname -s)" = "Darwin" ]; then export PYTORCH_ENABLE_MPS_FALLBACK=1; fi
 
-"$PY" -m diffusers_backend.protogen  # stubs, when backend.proto is newer
+"$PY" -m diffusers_backend.serving.protogen  # stubs, when backend.proto is newer
 exec "$PY" -m diffusers_backend "$@"

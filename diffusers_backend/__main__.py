@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The generated stubs (backend_pb2*.py) live at the repository root.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from .server import serve
+    from diffusers_backend.serving.server import serve
 
     return serve(args.addr)
 

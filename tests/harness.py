@@ -25,7 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def _ensure_stubs() -> None:
     """Generate the gRPC stubs if `make protogen` has not run (e.g. a bare pytest call)."""
     sys.path.insert(0, str(REPO_ROOT))
-    from diffusers_backend.protogen import generate
+    from diffusers_backend.serving.protogen import generate
 
     generate()
 

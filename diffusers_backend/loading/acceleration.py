@@ -23,8 +23,8 @@ import logging
 import time
 from typing import Any
 
-from ..errors import LoadError
-from .spec import LoadSpec
+from diffusers_backend.errors import LoadError
+from diffusers_backend.loading.spec import LoadSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def warm_up(pipe: Any, spec: LoadSpec) -> float:
         return 0.0
     import torch
 
-    from ..signatures import call_signature
+    from diffusers_backend.registry.signatures import call_signature
 
     started = time.perf_counter()
     params = call_signature(type(pipe)).params

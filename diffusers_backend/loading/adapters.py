@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoadError, short_message
-from .spec import LoadSpec
+from diffusers_backend.errors import LoadError, short_message
+from diffusers_backend.loading.spec import LoadSpec
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import LoadError
-from .model_ref import PICKLE_SUFFIXES, SINGLE_FILE_SUFFIXES
-from .spec import LoadSpec
+from diffusers_backend.errors import LoadError
+from diffusers_backend.loading.model_ref import PICKLE_SUFFIXES, SINGLE_FILE_SUFFIXES
+from diffusers_backend.loading.spec import LoadSpec
 
 log = logging.getLogger(__name__)
 

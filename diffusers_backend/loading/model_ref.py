@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ..errors import LoadError
-from ..model_files import PICKLE_SUFFIXES, SINGLE_FILE_SUFFIXES
+from diffusers_backend.errors import LoadError
+from diffusers_backend.registry.model_files import PICKLE_SUFFIXES, SINGLE_FILE_SUFFIXES
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 

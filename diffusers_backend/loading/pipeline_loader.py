@@ -14,17 +14,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError, LoadError, short_message
-from ..settings import Settings
-from . import acceleration, adapters, download, placement, special
-from .model_ref import (
+from diffusers_backend.errors import BackendError, LoadError, short_message
+from diffusers_backend.loading import acceleration, adapters, download, placement, special
+from diffusers_backend.loading.model_ref import (
     ModelRef,
     RefKind,
     looks_missing,
     missing_model_message,
     resolve_model_ref,
 )
-from .spec import LoadSpec
+from diffusers_backend.loading.spec import LoadSpec
+from diffusers_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ _MODEL_DECLARED_TYPES = frozenset({"diffusionpipeline", "videodiffusionpipeline"
 def resolve_class(spec: LoadSpec, ref: ModelRef) -> type:
     """PipelineType as a class name, a model class a special loader builds a pipeline around
     (FluxTransformer2DModel) or a task; else what the model itself declares."""
-    import diffusers_dynamic_loader as dl
+    from diffusers_backend.registry import aliases as dl
 
     wanted = spec.pipeline_type.strip()
     if wanted.lower() in _MODEL_DECLARED_TYPES:
@@ -204,8 +204,8 @@ def _load_with_variant_fallback(loader: special.Loader, cls: type, ref: ModelRef
 
 def _as_task_variant(pipe: Any, spec: LoadSpec, controlnet: Any) -> Any:
     """Apply IMG2IMG and ControlNet by switching pipeline class on the same weights."""
-    from ..signatures import call_signature
-    from ..task_variants import make_variant
+    from diffusers_backend.registry.signatures import call_signature
+    from diffusers_backend.registry.variants import make_variant
 
     takes_image = call_signature(type(pipe)).accepts("image")
     extra = {"controlnet": controlnet} if controlnet is not None else {}
@@ -276,7 +276,7 @@ def _load_weights(spec: LoadSpec, ref: ModelRef, cls: type, kwargs: dict[str, An
 def _scheduler(pipe: Any, spec: LoadSpec, warnings: list[str]) -> LoadSpec:
     """Install scheduler_type; an unknown name keeps the model's own (with a warning), as
     LocalAI's backend ignores it (its docs even show the typo k_dpp_sde)."""
-    from .. import schedulers
+    from diffusers_backend.loading import schedulers
 
     if not spec.scheduler_type:
         return spec

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..errors import LoadError
-from ..settings import Settings
-from .spec import LoadSpec
+from diffusers_backend.errors import LoadError
+from diffusers_backend.loading.spec import LoadSpec
+from diffusers_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 

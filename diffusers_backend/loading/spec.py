@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import LoadError
+from diffusers_backend.errors import LoadError
 
 # Options applied while loading (from_pretrained kwargs or pipeline toggles); every other
 # option becomes a default keyword argument of each pipeline call.
@@ -207,6 +207,6 @@ class LoadSpec:
             )
         if self.cfg_scale < 0:
             raise LoadError(f"cfg_scale must not be negative, got {self.cfg_scale}")
-        from ..control_preprocess import check_control_options
+        from diffusers_backend.media.control import check_control_options
 
         check_control_options(self.options, self.model_path)

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoadError
-from ..settings import Settings
-from .model_ref import ModelRef, RefKind, resolve_reference
-from .spec import LoadSpec
+from diffusers_backend.errors import LoadError
+from diffusers_backend.loading.model_ref import ModelRef, RefKind, resolve_reference
+from diffusers_backend.loading.spec import LoadSpec
+from diffusers_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _check_cpu_quantization(weights: str | None, dtype: Any, spec: LoadSpec,
     bfloat16 activations (0.2.7, measured here), which would kill the whole server."""
     import torch
 
-    from .placement import pick_device
+    from diffusers_backend.loading.placement import pick_device
 
     if weights != "qint8" or dtype != torch.bfloat16 or pick_device(spec, settings) != "cpu":
         return

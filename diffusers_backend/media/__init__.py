@@ -2,10 +2,16 @@
 answers: ``inputs`` (uploads, masks, inpainting JSON), ``files`` (output checks and atomic
 PNG writes), ``video`` (MP4 with optional audio), ``resize`` (the Lanczos upscale)."""
 
-from .files import check_output_path, image_to_png_bytes, write_png_atomic
-from .inputs import check_input_path, is_inpaint_json, load_inpaint_inputs, open_image, open_mask
-from .resize import lanczos_upscale
-from .video import audio_samples, write_video_atomic
+from diffusers_backend.media.files import check_output_path, image_to_png_bytes, write_png_atomic
+from diffusers_backend.media.inputs import (
+    check_input_path,
+    is_inpaint_json,
+    load_inpaint_inputs,
+    open_image,
+    open_mask,
+)
+from diffusers_backend.media.resize import lanczos_upscale
+from diffusers_backend.media.video import audio_samples, write_video_atomic
 
 __all__ = [
     "audio_samples",

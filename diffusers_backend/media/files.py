@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from diffusers_backend.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
 # --------------------------------------------------------------------------- outputs
 

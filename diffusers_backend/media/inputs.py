@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import InvalidArgument, NotFound, PermissionDenied
+from diffusers_backend.errors import InvalidArgument, NotFound, PermissionDenied
 
 # Raster formats a user upload can reasonably be in. An allowlist keeps plugins such as
 # EPS (which shells out to Ghostscript) or exotic scientific formats away from user data.

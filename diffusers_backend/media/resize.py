@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..errors import InvalidArgument
+from diffusers_backend.errors import InvalidArgument
 
 # --------------------------------------------------------------------------- upscale
 

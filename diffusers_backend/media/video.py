@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import InvalidArgument
-from .files import _write_atomically, check_output_path
+from diffusers_backend.errors import InvalidArgument
+from diffusers_backend.media.files import _write_atomically, check_output_path
 
 
 def _frame_to_uint8(frame: Any, index: int) -> np.ndarray:

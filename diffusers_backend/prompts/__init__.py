@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .clip_skip import (
+from diffusers_backend.prompts.clip_skip import (
     _call_parameters,
     _check_clip_skip_depth,
     _ensure_text_model_path,
@@ -36,7 +36,11 @@ from .clip_skip import (
     clip_skip_kwargs,
     effective_clip_skip,
 )
-from .compel_sd import compel_available, compel_prompt_kwargs, warn_if_compel_missing
+from diffusers_backend.prompts.compel_sd import (
+    compel_available,
+    compel_prompt_kwargs,
+    warn_if_compel_missing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def build_prompt_kwargs(
     if use_compel:
         embeds = compel_prompt_kwargs(pipe, prompt, negative_prompt, clip_skip=clip_skip)
         if embeds is None:  # SD3 and Flux: weighted here (A1111 syntax), compel not needed
-            from .weighted import weighted_prompt_kwargs
+            from diffusers_backend.prompts.weighted import weighted_prompt_kwargs
 
             embeds = weighted_prompt_kwargs(pipe, prompt, negative_prompt, clip_skip=clip_skip)
         if embeds is not None:

@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InvalidArgument
-from ..signatures import call_signature
+from diffusers_backend.errors import InvalidArgument
+from diffusers_backend.registry.signatures import call_signature
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import threading
 import weakref
 from typing import Any
 
-from ..errors import InvalidArgument
-from .clip_skip import (
+from diffusers_backend.errors import InvalidArgument
+from diffusers_backend.prompts.clip_skip import (
     _call_parameters,
     _check_clip_skip_depth,
     _encoders,

@@ -10,7 +10,7 @@ import re
 import threading
 from typing import Any, NamedTuple
 
-from .names import (
+from diffusers_backend.registry.names import (
     _AUTO_PREFIX,
     _FALLBACK_PIPELINE,
     _MODALITY_WORDS,
@@ -21,7 +21,7 @@ from .names import (
     _stem,
     _tokens,
 )
-from .store import _get_records, get_pipeline_registry
+from diffusers_backend.registry.store import _get_records, get_pipeline_registry
 
 logger = logging.getLogger("diffusers_dynamic_loader")
 
@@ -270,7 +270,9 @@ def resolve_pipeline_name(
     if task:
         return _lookup_task(task)
     if model_id:
-        from .sniffing import infer_pipeline_name_from_model_id  # sniffing needs this module
+        from diffusers_backend.registry.sniffing import (
+            infer_pipeline_name_from_model_id,  # sniffing needs this module
+        )
 
         return infer_pipeline_name_from_model_id(model_id)
     raise ValueError(

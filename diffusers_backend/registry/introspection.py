@@ -8,14 +8,14 @@ import logging
 import threading
 from typing import Any
 
-from .aliases import (
+from diffusers_backend.registry.aliases import (
     _lookup_class_name,
     _suggest,
     get_available_pipelines,
     get_task_aliases,
     resolve_pipeline_name,
 )
-from .store import _get_records, get_pipeline_registry
+from diffusers_backend.registry.store import _get_records, get_pipeline_registry
 
 logger = logging.getLogger("diffusers_dynamic_loader")
 

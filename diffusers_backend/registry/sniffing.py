@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..model_files import SINGLE_FILE_SUFFIXES
-from .aliases import _lookup_class_name
-from .names import _FALLBACK_PIPELINE
+from diffusers_backend.registry.aliases import _lookup_class_name
+from diffusers_backend.registry.model_files import SINGLE_FILE_SUFFIXES
+from diffusers_backend.registry.names import _FALLBACK_PIPELINE
 
 logger = logging.getLogger("diffusers_dynamic_loader")
 

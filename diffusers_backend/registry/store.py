@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .names import _AUTO_PREFIX, _slug
+from diffusers_backend.registry.names import _AUTO_PREFIX, _slug
 
 logger = logging.getLogger("diffusers_dynamic_loader")
 

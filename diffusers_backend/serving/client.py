@@ -1,0 +1,268 @@
+"""``python -m diffusers_backend.serving.client``: drive a running backend from the command line.
+
+For trying a model or a server by hand without a LocalAI host: load a model, generate an
+image or a video to a file, upscale, and read Status and Health. The token comes from
+``LOCALAI_GRPC_AUTH_TOKEN`` (as the server's does). While a call runs, the elapsed seconds
+tick on stderr. The exit code is the gRPC status code's number (0 OK, 3 INVALID_ARGUMENT,
+14 UNAVAILABLE...), and 1 for a LoadModel that answered ``success=false``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+QUICK_TIMEOUT_S = 10.0  # Health, Status, Free
+LOAD_FAILED_EXIT = 1
+
+
+class Progress:
+    """Elapsed seconds on stderr while a call runs: one rewritten line on a terminal,
+    a line per tick otherwise (logs, CI), nothing with ``--quiet``."""
+
+    def __init__(self, label: str, interval: float, stream: TextIO, quiet: bool) -> None:
+        self.label, self.interval, self.stream, self.quiet = label, interval, stream, quiet
+        self.started = time.monotonic()
+        self._tty = stream.isatty()
+        self._shown = False
+
+    def tick(self) -> None:
+        """Show the time spent so far."""
+        if self.quiet:
+            return
+        text = f"{self.label}... {time.monotonic() - self.started:.0f}s"
+        if self._tty:
+            self.stream.write("\r" + text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+        self._shown = True
+
+    def done(self) -> None:
+        """End the ticking line (terminal) so the result starts on a line of its own."""
+        if self._shown and self._tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def wait_with_progress(future: Any, progress: Progress) -> Any:
+    """The call's result, ticking ``progress`` until it arrives (Ctrl-C cancels the call)."""
+    try:
+        while True:
+            try:
+                return future.result(timeout=progress.interval)
+            except grpc.FutureTimeoutError:
+                progress.tick()
+    except KeyboardInterrupt:
+        future.cancel()
+        raise
+    finally:
+        progress.done()
+
+
+def _stubs() -> tuple[Any, Any]:
+    """The generated stubs live at the repository root; made here if still missing."""
+    from diffusers_backend.serving.protogen import generate
+
+    generate()
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import backend_pb2
+    import backend_pb2_grpc
+
+    return backend_pb2, backend_pb2_grpc
+
+
+def _abs(path: str) -> str:
+    """The server may run in another directory: send absolute paths."""
+    return os.path.abspath(path) if path else ""
+
+
+def _key_values(items: Sequence[str], sep: str, what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, found, value = item.partition(sep)
+        if not found or not key:
+            raise SystemExit(f"{what} must be KEY{sep}VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+# -- requests ---------------------------------------------------------------------------
+def load_request(pb: Any, args: argparse.Namespace) -> Any:
+    """ModelOptions from the ``load`` arguments (paths made absolute when they exist)."""
+    model = args.model
+    if os.path.exists(model):
+        model = os.path.abspath(model)
+    return pb.ModelOptions(
+        Model=model, ModelPath=_abs(args.model_path), PipelineType=args.pipeline_type,
+        SchedulerType=args.scheduler, CUDA=args.cuda, F16Memory=args.f16,
+        LowVRAM=args.low_vram, IMG2IMG=args.img2img, CFGScale=args.cfg_scale,
+        ControlNet=args.controlnet, LoraAdapters=args.lora, LoraScales=args.lora_scale,
+        Options=args.option, Seed=args.seed)
+
+
+def image_request(pb: Any, args: argparse.Namespace) -> Any:
+    """GenerateImageRequest from the ``image`` arguments."""
+    return pb.GenerateImageRequest(
+        positive_prompt=args.prompt, negative_prompt=args.negative, width=args.width,
+        height=args.height, step=args.steps, seed=args.seed, dst=_abs(args.output),
+        src=_abs(args.src), ref_images=[_abs(r) for r in args.ref])
+
+
+def video_request(pb: Any, args: argparse.Namespace) -> Any:
+    """GenerateVideoRequest from the ``video`` arguments."""
+    return pb.GenerateVideoRequest(
+        prompt=args.prompt, negative_prompt=args.negative, start_image=_abs(args.start_image),
+        end_image=_abs(args.end_image), width=args.width, height=args.height,
+        num_frames=args.frames, fps=args.fps, seed=args.seed, cfg_scale=args.cfg_scale,
+        step=args.steps, dst=_abs(args.output), params=_key_values(args.param, "=", "--param"))
+
+
+def upscale_request(pb: Any, args: argparse.Namespace) -> Any:
+    """UpscaleImageRequest from the ``upscale`` arguments."""
+    return pb.UpscaleImageRequest(src=_abs(args.src), dst=_abs(args.output), scale=args.scale)
+
+
+# -- commands ---------------------------------------------------------------------------
+def _call(args: argparse.Namespace, method: Callable, request: Any, label: str,
+          timeout: float | None) -> Any:
+    future = method.future(request, timeout=args.timeout or timeout, metadata=args.metadata,
+                           wait_for_ready=args.wait)
+    return wait_with_progress(future, Progress(label, args.progress_interval, sys.stderr,
+                                               args.quiet))
+
+
+def run_command(args: argparse.Namespace, stub: Any, pb: Any) -> int:
+    """Send the command's RPC, print its answer, return the exit code (0 or 1)."""
+    command = args.command
+    if command == "health":
+        reply = _call(args, stub.Health, pb.HealthMessage(), "health", QUICK_TIMEOUT_S)
+        print(reply.message.decode(errors="replace"))
+        return 0
+    if command == "status":
+        reply = _call(args, stub.Status, pb.HealthMessage(), "status", QUICK_TIMEOUT_S)
+        print(json.dumps({"state": pb.StatusResponse.State.Name(reply.state),
+                          "memory": {"total": reply.memory.total,
+                                     "breakdown": dict(reply.memory.breakdown)}}, indent=2))
+        return 0
+    if command == "free":
+        reply = _call(args, stub.Free, pb.HealthMessage(), "free", QUICK_TIMEOUT_S)
+    elif command == "load":
+        reply = _call(args, stub.LoadModel, load_request(pb, args), "loading", None)
+        if not reply.success:
+            print(f"error: LoadModel failed: {reply.message}", file=sys.stderr)
+            return LOAD_FAILED_EXIT
+    elif command == "image":
+        reply = _call(args, stub.GenerateImage, image_request(pb, args), "generating", None)
+    elif command == "video":
+        reply = _call(args, stub.GenerateVideo, video_request(pb, args), "generating", None)
+    else:
+        reply = _call(args, stub.UpscaleImage, upscale_request(pb, args), "upscaling", None)
+    print(reply.message)
+    return 0
+
+
+def _generation_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="what to draw")
+    parser.add_argument("-o", "--output", required=True, help="file to write")
+    parser.add_argument("--negative", default="", help="negative prompt")
+    parser.add_argument("--width", type=int, default=0, help="0: the model's default")
+    parser.add_argument("--height", type=int, default=0, help="0: the model's default")
+    parser.add_argument("--steps", type=int, default=0, help="0: the model's default")
+    parser.add_argument("--seed", type=int, default=0, help="0: random (reported in the reply)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: global connection options, then one subcommand per RPC."""
+    parser = argparse.ArgumentParser(
+        prog="python -m diffusers_backend.serving.client",
+        description="Command-line client for the diffusers backend. The token is read from "
+        "LOCALAI_GRPC_AUTH_TOKEN. Exit code: the gRPC status code (0 OK), 1 when LoadModel "
+        "answers success=false.")
+    parser.add_argument("--addr", default=DEFAULT_ADDR, help=f"server (default {DEFAULT_ADDR})")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="deadline in seconds (default: none for load/generation, 10 s "
+                        "for health/status/free)")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for the server to come up instead of failing at once")
+    parser.add_argument("--progress-interval", type=float, default=1.0, metavar="SECONDS",
+                        help="how often the elapsed time ticks on stderr (default 1)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("health", help="Health: prints OK")
+    commands.add_parser("status", help="Status: state and memory as JSON")
+    commands.add_parser("free", help="Free: unload the model")
+
+    load = commands.add_parser("load", help="LoadModel: a Hub id, folder or checkpoint file")
+    load.add_argument("model")
+    load.add_argument("--model-path", default="", help="models folder (ModelPath)")
+    load.add_argument("--pipeline-type", default="", help="class name or task, e.g. img2img")
+    load.add_argument("--scheduler", default="", help="e.g. k_dpmpp_2m, euler_a")
+    load.add_argument("--cuda", action="store_true", help="place the model on the GPU")
+    load.add_argument("--f16", action="store_true", help="half precision")
+    load.add_argument("--low-vram", action="store_true", help="model CPU offload")
+    load.add_argument("--img2img", action="store_true")
+    load.add_argument("--cfg-scale", type=float, default=0.0)
+    load.add_argument("--controlnet", default="")
+    load.add_argument("--lora", action="append", default=[], help="LoRA adapter (repeatable)")
+    load.add_argument("--lora-scale", type=float, action="append", default=[])
+    load.add_argument("--option", action="append", default=[], metavar="KEY:VALUE",
+                      help='model option, e.g. "guidance_scale:0" (repeatable)')
+    load.add_argument("--seed", type=int, default=0)
+
+    image = commands.add_parser("image", help="GenerateImage: write a PNG")
+    _generation_args(image)
+    image.add_argument("--src", default="", help="input image (img2img) or inpainting JSON")
+    image.add_argument("--ref", action="append", default=[], help="reference image")
+
+    video = commands.add_parser("video", help="GenerateVideo: write an MP4")
+    _generation_args(video)
+    video.add_argument("--start-image", default="", help="image-to-video start frame")
+    video.add_argument("--end-image", default="")
+    video.add_argument("--frames", type=int, default=0, help="0: the model's default")
+    video.add_argument("--fps", type=int, default=0)
+    video.add_argument("--cfg-scale", type=float, default=0.0)
+    video.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra pipeline argument (repeatable)")
+
+    upscale = commands.add_parser("upscale", help="UpscaleImage: write a PNG")
+    upscale.add_argument("src", help="image to upscale")
+    upscale.add_argument("-o", "--output", required=True)
+    upscale.add_argument("--scale", type=int, default=0, help="0: 2x")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, connect, run one command; return the exit code (see the module doc)."""
+    args = build_parser().parse_args(argv)
+    token = os.environ.get("LOCALAI_GRPC_AUTH_TOKEN", "").strip()
+    args.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    pb, pb_grpc = _stubs()
+    with grpc.insecure_channel(args.addr) as channel:
+        try:
+            return run_command(args, pb_grpc.BackendStub(channel), pb)
+        except grpc.RpcError as exc:
+            code = exc.code() if callable(getattr(exc, "code", None)) else None
+            code = code or grpc.StatusCode.UNKNOWN
+            details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+            print(f"error: {code.name}: {details}", file=sys.stderr)
+            return int(code.value[0])
+        except KeyboardInterrupt:
+            print("error: CANCELLED: interrupted", file=sys.stderr)
+            return int(grpc.StatusCode.CANCELLED.value[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Process start-up: settings, gRPC server, auth, health, reflection, signals, parent watch.
+
+The port opens before torch and diffusers are imported (that takes seconds); they import
+in a background thread and LoadModel waits for them. So the host's Health poll succeeds
+within a fraction of a second of start.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from diffusers_backend.serving.observe import RpcObserver
+from diffusers_backend.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("diffusers_backend")
+CONTROL_THREADS = 4  # a separate pool: Health/Status answer at once even while generating
+# Cheap RPCs that run on the control pool, never queued behind generations.
+CONTROL_METHODS = frozenset({
+    "/backend.Backend/Health",
+    "/backend.Backend/Status",
+    "/grpc.health.v1.Health/Check",
+})
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Log to stderr as text lines or, with ``fmt="json"``, JSON lines (see ``logs``)."""
+    from diffusers_backend.serving.logs import configure_logging as configure
+
+    configure(level, fmt)
+
+
+_HANDLER_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _deny(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid authorization bearer token")
+
+
+def _on_pool(behavior: Any, pool: futures.ThreadPoolExecutor) -> Any:
+    """Wrap a handler function so gRPC runs it on ``pool`` instead of the default pool.
+
+    gRPC's sync server runs a handler on ``behavior.experimental_thread_pool`` when the
+    function carries that attribute (grpcio >= 1.38; the pinned 1.85 does). A bound method
+    cannot take attributes, hence the wrapper.
+    """
+
+    def run(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+        return behavior(request_or_iterator, context)
+
+    run.experimental_thread_pool = pool  # type: ignore[attr-defined]
+    return run
+
+
+def _rebuild(handler: Any, behavior: Any) -> Any:
+    """The same handler (same arity and (de)serializers) with another behavior function."""
+    factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    return factory(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _behavior(handler: Any) -> Any:
+    return (handler.unary_unary or handler.unary_stream or handler.stream_unary
+            or handler.stream_stream)
+
+
+class DispatchInterceptor(grpc.ServerInterceptor):
+    """Authentication and thread-pool routing, decided before a call is queued.
+
+    * With a token set, every call must carry ``authorization: Bearer <token>``
+      (constant-time compare), else UNAUTHENTICATED, answered on the control pool.
+    * Health, Status and the gRPC health Check run on a small control pool of their own,
+      so they answer at once however many generations are queued on the work pool
+      (a thread waiting for the pipeline lock would otherwise hold every worker).
+    """
+
+    def __init__(self, token: str, control_pool: futures.ThreadPoolExecutor,
+                 observer: RpcObserver | None = None) -> None:
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._control_pool = control_pool
+        self._deny = _on_pool(_deny, control_pool)
+        self._observer = observer  # request log line and metrics around unary calls
+
+    def _authorized(self, handler_call_details: Any) -> bool:
+        if self._expected is None:
+            return True
+        given = b""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else bytes(value)
+                break
+        return hmac.compare_digest(given, self._expected)
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        behavior = None
+        if not self._authorized(handler_call_details):
+            behavior = self._deny
+        elif method in CONTROL_METHODS:
+            behavior = _on_pool(_behavior(handler), self._control_pool)
+        if self._observer is not None and handler.unary_unary is not None:
+            behavior = self._observer.wrap(method, behavior or handler.unary_unary)
+        if behavior is None or behavior is handler.unary_unary:
+            return handler
+        return _rebuild(handler, behavior)
+
+
+def warm_imports(done: threading.Event) -> None:
+    """Import the heavy libraries after the port is open; LoadModel waits on ``done``."""
+    started = time.perf_counter()
+    try:
+        from diffusers_backend.serving.logs import adopt_library_loggers
+
+        adopt_library_loggers()  # JSON logs: library warnings as JSON too
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+        from diffusers import DiffusionPipeline  # noqa: F401 - resolves the lazy module
+
+        # What every LoadModel needs next: the AutoPipeline tables (they pull in the SD, SDXL
+        # and Flux classes and their text encoders) and the pipeline registry.
+        from diffusers.pipelines import auto_pipeline  # noqa: F401
+
+        from diffusers_backend.engine import engine  # noqa: F401
+        from diffusers_backend.registry import aliases as registry_aliases
+
+        registry_aliases.get_available_pipelines()
+    except Exception:  # noqa: BLE001 - logged; LoadModel reports the import error itself
+        log.exception("importing torch/diffusers failed")
+    finally:
+        log.info("torch and diffusers imported in %.1fs", time.perf_counter() - started)
+        done.set()
+
+
+def watch_parent(interval: float, on_orphaned, original: int | None = None) -> None:
+    """Exit when the host that started us is gone (our parent pid changes).
+
+    ``original`` is the parent pid read at process start, so a host that dies while we
+    are still starting up is noticed too.
+    """
+    original = os.getppid() if original is None else original
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != original:
+                log.warning("parent process %d is gone; shutting down", original)
+                on_orphaned()
+                return
+
+    threading.Thread(target=loop, name="parent-watch", daemon=True).start()
+
+
+def build_server(settings: Settings, addr: str, observer: RpcObserver | None = None,
+                 ) -> tuple[grpc.Server, Any, threading.Event, Any]:
+    """Create (not start) the server with every service registered."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    import backend_pb2
+    import backend_pb2_grpc
+    from diffusers_backend.engine.runtime import ModelRuntime
+    from diffusers_backend.serving.servicer import BackendServicer
+
+    imports_ready = threading.Event()
+    runtime = ModelRuntime(settings, imports_ready)
+    # Work pool, for LoadModel, Free and the generation RPCs: PYTHON_GRPC_MAX_WORKERS
+    # threads plus DIFFUSERS_MAX_QUEUE more. Generations run one at a time on the pipeline
+    # lock; the extra threads let requests that wait their turn be validated (and a bad
+    # one refused) at once instead of sitting unread in the executor's queue. Threads are
+    # started only when needed. Calls beyond that wait in the executor's queue.
+    # Control pool: Health/Status/health Check and auth refusals, never behind work.
+    control_pool = futures.ThreadPoolExecutor(max_workers=CONTROL_THREADS,
+                                              thread_name_prefix="control")
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers + settings.max_queue,
+                                   thread_name_prefix="rpc"),
+        interceptors=[DispatchInterceptor(settings.auth_token, control_pool,
+                                          observer or RpcObserver())],
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    backend_pb2_grpc.add_BackendServicer_to_server(BackendServicer(runtime), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("backend.Backend", health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (
+            backend_pb2.DESCRIPTOR.services_by_name["Backend"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    if server.add_insecure_port(addr) == 0:
+        raise OSError(f"cannot listen on {addr}")
+    return server, runtime, imports_ready, health_servicer
+
+
+def serve(addr: str) -> int:
+    """Run the backend until SIGTERM/SIGINT or until orphaned; return the exit code."""
+    parent_pid = os.getppid()  # read first: the host may die while we start up
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"diffusers backend: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    metrics = None
+    if settings.metrics_addr:
+        from diffusers_backend.serving.metrics import Metrics
+
+        metrics = Metrics()
+    try:
+        server, runtime, imports_ready, health_servicer = build_server(
+            settings, addr, RpcObserver(metrics))
+        if metrics is not None:
+            from diffusers_backend.serving.metrics import start_metrics
+
+            url = start_metrics(metrics, runtime, settings.metrics_addr, settings.auth_token)
+            log.info("metrics on %s%s", url,
+                     " (bearer token required)" if settings.auth_token else "")
+    except (OSError, RuntimeError) as exc:
+        print(f"diffusers backend: {exc}", file=sys.stderr)
+        return 1
+    server.start()
+    log.info("serving on %s (%s)", addr, settings)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    threading.Thread(target=warm_imports, args=(imports_ready,), name="warm-imports",
+                     daemon=True).start()
+    if settings.compel:
+        from diffusers_backend.prompts import warn_if_compel_missing
+
+        warn_if_compel_missing(True)
+
+    stopping = threading.Event()
+
+    def shutdown(reason: str) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("%s: finishing running requests (up to %.0fs), then exiting",
+                 reason, settings.shutdown_grace)
+        runtime.close()
+        health_servicer.enter_graceful_shutdown()  # grpc health: NOT_SERVING from now on
+        server.stop(settings.shutdown_grace)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: threading.Thread(
+            target=shutdown, args=(signal.Signals(signum).name,), daemon=True).start())
+    if settings.parent_watch:
+        watch_parent(settings.parent_watch_interval, lambda: shutdown("orphaned"), parent_pid)
+    server.wait_for_termination()
+    log.info("stopped")
+    return 0
