@@ -28,9 +28,10 @@ Usage::
 
 This module is the public face (hosts import it by this name, and LocalAI's own loader
 tests run against it); the parts live in ``diffusers_backend/registry/``: ``names`` (words in
-class names), ``store`` (the registry and its disk cache), ``aliases`` (task aliases and
-resolution), ``sniffing`` (model id -> class) and ``introspection`` (loading, descriptions,
-class discovery).
+class names), ``scan`` (records read from diffusers' sources), ``disk_cache``, ``aliases``
+(task aliases, ranked), ``store`` (the one registry object: records, aliases, caches, one
+lock, one ``clear()``), ``sniffing`` (model id -> class), ``resolution`` (name, task or model
+id -> class) and ``introspection`` (loading, descriptions, class discovery).
 
 The cache directory is ``$DIFFUSERS_LOADER_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/localai-diffusers``, else ``~/.cache/localai-diffusers``.
@@ -38,14 +39,7 @@ The cache directory is ``$DIFFUSERS_LOADER_CACHE_DIR``, else
 
 from __future__ import annotations
 
-from diffusers_backend.registry import aliases, introspection, sniffing, store
-from diffusers_backend.registry.aliases import (
-    get_available_pipelines,
-    get_available_tasks,
-    get_task_aliases,
-    resolve_pipeline_class,
-    resolve_pipeline_name,
-)
+from diffusers_backend.registry.disk_cache import cache_dir
 from diffusers_backend.registry.introspection import (
     PipelineLoadError,
     discover_diffusers_classes,
@@ -53,9 +47,17 @@ from diffusers_backend.registry.introspection import (
     get_pipeline_info,
     load_diffusers_pipeline,
 )
-from diffusers_backend.registry.names import _camel_to_kebab, _extract_task_keywords, _norm
+from diffusers_backend.registry.names import camel_to_kebab, extract_task_keywords, norm
+from diffusers_backend.registry.resolution import (
+    get_available_pipelines,
+    get_available_tasks,
+    get_pipeline_registry,
+    get_task_aliases,
+    resolve_pipeline_class,
+    resolve_pipeline_name,
+)
 from diffusers_backend.registry.sniffing import infer_pipeline_name_from_model_id
-from diffusers_backend.registry.store import _cache_dir, _get_records, get_pipeline_registry
+from diffusers_backend.registry.store import REGISTRY
 
 __all__ = [
     "PipelineLoadError",
@@ -72,13 +74,15 @@ __all__ = [
     "resolve_pipeline_class",
     "resolve_pipeline_name",
 ]
-# Private helpers other code and LocalAI's loader tests reach for, kept under their names.
-_PRIVATE_HELPERS = (_camel_to_kebab, _extract_task_keywords, _norm, _cache_dir, _get_records)
+
+# The underscore names LocalAI's loader tests (and older hosts) call, kept on this face only.
+_camel_to_kebab = camel_to_kebab
+_extract_task_keywords = extract_task_keywords
+_norm = norm
+_cache_dir = cache_dir
+_get_records = REGISTRY.records
 
 
 def clear_caches() -> None:
     """Forget everything computed in this process (the disk cache is left alone)."""
-    store.clear_caches()
-    aliases.clear()
-    sniffing.clear()
-    introspection.clear()
+    REGISTRY.clear()

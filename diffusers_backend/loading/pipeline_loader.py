@@ -63,7 +63,10 @@ _MODEL_DECLARED_TYPES = frozenset({"diffusionpipeline", "videodiffusionpipeline"
 def resolve_class(spec: LoadSpec, ref: ModelRef) -> type:
     """PipelineType as a class name, a model class a special loader builds a pipeline around
     (FluxTransformer2DModel) or a task; else what the model itself declares."""
-    from diffusers_backend.registry import aliases as dl
+    from diffusers_backend.registry.resolution import (
+        closest_pipeline_names,
+        resolve_pipeline_class,
+    )
 
     wanted = spec.pipeline_type.strip()
     if wanted.lower() in _MODEL_DECLARED_TYPES:
@@ -73,14 +76,17 @@ def resolve_class(spec: LoadSpec, ref: ModelRef) -> type:
         if component is not None:
             return component
         try:
-            return dl.resolve_pipeline_class(class_name=wanted)
-        except ValueError as class_error:
+            return resolve_pipeline_class(class_name=wanted)
+        except ValueError:
             try:
-                return dl.resolve_pipeline_class(task=wanted)
+                return resolve_pipeline_class(task=wanted)
             except ValueError:
-                raise LoadError(f"pipeline_type {wanted!r}: {short_message(class_error)}") from None
+                raise LoadError(
+                    f"pipeline_type {wanted!r} is neither a diffusers pipeline class nor a "
+                    f"task; did you mean {', '.join(closest_pipeline_names(wanted))}?"
+                ) from None
     try:
-        return dl.resolve_pipeline_class(model_id=ref.location)
+        return resolve_pipeline_class(model_id=ref.location)
     except ValueError as exc:
         raise LoadError(f"cannot tell the pipeline class of {ref.location}: {exc}") from None
 

@@ -1,45 +1,24 @@
-"""Task aliases derived from class names and diffusers' AutoPipeline tables, ranked, and
-the resolution of a class name or task to a pipeline class.
+"""Task and family aliases derived from class names and diffusers' AutoPipeline tables, and
+ranked: the AutoPipeline for a task first, deprecated pipelines last, a family alias to the
+family's plain class. Pure: records in, table out (the store keeps the result).
 """
 
 from __future__ import annotations
 
-import difflib
-import logging
 import re
-import threading
 from typing import Any, NamedTuple
 
 from diffusers_backend.registry.names import (
-    _AUTO_PREFIX,
-    _FALLBACK_PIPELINE,
-    _MODALITY_WORDS,
-    _TASK_SYNONYMS,
-    _norm,
-    _slug,
-    _split_name,
-    _stem,
-    _tokens,
+    AUTO_PREFIX,
+    FALLBACK_PIPELINE,
+    MODALITY_WORDS,
+    TASK_SYNONYMS,
+    name_stem,
+    norm,
+    slug,
+    split_name,
+    tokens,
 )
-from diffusers_backend.registry.store import _get_records, get_pipeline_registry
-
-logger = logging.getLogger("diffusers_dynamic_loader")
-
-_MAX_SUGGESTIONS = 5
-_lock = threading.RLock()
-_aliases: dict[str, list[str]] | None = None
-_alias_index: dict[str, str] | None = None
-
-
-def clear() -> None:
-    """Forget the aliases computed in this process."""
-    global _aliases, _alias_index
-    with _lock:
-        _aliases = _alias_index = None
-
-# --------------------------------------------------------------------------------------
-# Task aliases
-# --------------------------------------------------------------------------------------
 
 
 class _TaskRank(NamedTuple):
@@ -87,7 +66,7 @@ class _AliasBuilder:
         for task in self.ordered_tasks:
             for _key, cls in self.auto_maps[task]:
                 if cls in self.info:
-                    family = _norm("".join(self.info[cls]["family"]))
+                    family = norm("".join(self.info[cls]["family"]))
                     self.family_pos.setdefault(family, len(self.family_pos))
         self.aliases: dict[str, list[str]] = {}
         self.display: dict[str, str] = {}  # normalised key -> first display form
@@ -96,20 +75,20 @@ class _AliasBuilder:
         """Per class: family words, tasks (named, implied, or from diffusers' tables)."""
         info: dict[str, dict[str, Any]] = {}
         for name, rec in self.pipes.items():
-            if name == _FALLBACK_PIPELINE:
+            if name == FALLBACK_PIPELINE:
                 continue
             if rec.get("auto"):
-                _fam, tasks, _rest = _split_name(name[len(_AUTO_PREFIX) :])
+                _fam, tasks, _rest = split_name(name[len(AUTO_PREFIX) :])
                 info[name] = {"family": (), "tasks": tasks, "explicit": True, "extra": 0}
                 continue
-            family, tasks, rest = _split_name(name)
+            family, tasks, rest = split_name(name)
             explicit = bool(tasks)
             if not tasks and rec.get("prompt") is not False:
-                stem = _stem(name)
-                tasks = [t for pat, t in _MODALITY_WORDS if re.search(pat, stem)][:1]
+                stem = name_stem(name)
+                tasks = [t for pat, t in MODALITY_WORDS if re.search(pat, stem)][:1]
                 tasks = tasks or ["text-to-image"]
             info[name] = {"family": tuple(family), "tasks": tasks, "explicit": explicit,
-                          "extra": len(_tokens(rest))}
+                          "extra": len(tokens(rest))}
         for task, classes in self.mapped.items():  # diffusers says this class serves it
             for cls in classes:
                 if cls in info and task not in info[cls]["tasks"]:
@@ -126,7 +105,7 @@ class _AliasBuilder:
         return _TaskRank(
             not_auto=not rec.get("auto"), deprecated=bool(rec.get("deprecated")),
             not_mapped=name not in mapped, mapped_position=mapped.get(name, 0),
-            family_position=self.family_pos.get(_norm("".join(meta["family"])),
+            family_position=self.family_pos.get(norm("".join(meta["family"])),
                                                 len(self.family_pos)),
             implicit_task=not meta["explicit"] and task != "text-to-image",
             name_parts=self._parts(name), length=len(name), name=name)
@@ -139,10 +118,10 @@ class _AliasBuilder:
             name_parts=self._parts(name), length=len(name), name=name)
 
     def add(self, alias: str, names: list[str]) -> None:
-        alias = _slug(alias)
+        alias = slug(alias)
         if not alias or not names:
             return
-        shown = self.display.setdefault(_norm(alias), alias)
+        shown = self.display.setdefault(norm(alias), alias)
         bucket = self.aliases.setdefault(shown, [])
         bucket.extend(n for n in names if n not in bucket)
 
@@ -169,7 +148,7 @@ class _AliasBuilder:
         for task, names in by_task.items():
             ranked = sorted(names, key=lambda n, t=task: self.task_rank(t, n))
             self.add(task, ranked)
-            for synonym in _TASK_SYNONYMS.get(task, []):
+            for synonym in TASK_SYNONYMS.get(task, []):
                 self.add(synonym, ranked)
 
     def _add_families(self) -> None:
@@ -182,7 +161,7 @@ class _AliasBuilder:
                     members.setdefault(family[:k], []).append(name)
         for family, names in members.items():
             ranked = sorted(names, key=lambda n, f=family: self.family_rank(f, n))
-            key = _norm("".join(family))
+            key = norm("".join(family))
             if key in self.display:  # diffusers' "stable-diffusion-3" == our "stable-diffusion3"
                 bucket = self.aliases[self.display[key]]
                 bucket.extend(n for n in ranked if n not in bucket)
@@ -190,102 +169,6 @@ class _AliasBuilder:
                 self.add("-".join(family), ranked)
 
 
-def _build_aliases(records: dict[str, Any]) -> dict[str, list[str]]:
+def build_aliases(records: dict[str, Any]) -> dict[str, list[str]]:
+    """Alias -> pipeline class names, best first, from the registry records (pure)."""
     return _AliasBuilder(records).build()
-
-
-def get_task_aliases() -> dict[str, list[str]]:
-    """Alias -> pipeline class names, best first. Cached; imports nothing when cache is warm."""
-    global _aliases, _alias_index
-    with _lock:
-        if _aliases is None:
-            _aliases = _build_aliases(_get_records())
-            _alias_index = {_norm(alias): alias for alias in _aliases}
-        return _aliases
-
-
-def get_available_pipelines() -> list[str]:
-    """Sorted pipeline class names."""
-    return sorted(get_pipeline_registry().keys())
-
-
-def get_available_tasks() -> list[str]:
-    """Sorted task/family aliases accepted by ``task=``."""
-    return sorted(get_task_aliases())
-
-# --------------------------------------------------------------------------------------
-# Resolution
-# --------------------------------------------------------------------------------------
-
-
-def _suggest(word: str, choices: list[str], what: str, helper: str) -> str:
-    """Short, user-facing hint: the closest names plus how many others exist."""
-    lowered = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(word.lower(), list(lowered), n=_MAX_SUGGESTIONS, cutoff=0.6)
-    shown = [lowered[c] for c in close] or sorted(choices)[:_MAX_SUGGESTIONS]
-    more = len(choices) - len(shown)
-    label = "closest matches" if close else "e.g."
-    tail = f" ... and {more} more; see {helper}()" if more > 0 else ""
-    return f"Available {what} ({label}): {', '.join(shown)}{tail}"
-
-
-def _lookup_class_name(class_name: str) -> str:
-    registry = get_pipeline_registry()
-    if class_name in registry:
-        return class_name
-    lowered = {name.lower(): name for name in registry}
-    found = lowered.get(class_name.strip().lower())
-    if found:
-        return found
-    raise ValueError(
-        f"Unknown pipeline class '{class_name}'. "
-        + _suggest(class_name, list(registry), "pipelines", "get_available_pipelines")
-    )
-
-
-def _lookup_task(task: str) -> str:
-    aliases = get_task_aliases()
-    assert _alias_index is not None
-    alias = _alias_index.get(_norm(task))
-    if alias and aliases[alias]:
-        return aliases[alias][0]
-    raise ValueError(
-        f"Unknown task '{task}'. "
-        + _suggest(_slug(task) or task, list(aliases), "tasks", "get_available_tasks")
-    )
-
-
-def resolve_pipeline_name(
-    class_name: str | None = None,
-    task: str | None = None,
-    model_id: str | None = None,
-) -> str:
-    """Like :func:`resolve_pipeline_class` but returns the class *name* and imports nothing.
-
-    Priority: ``class_name`` (case-insensitive), then ``task`` alias, then ``model_id``
-    (see :func:`infer_pipeline_name_from_model_id`).
-    """
-    if class_name:
-        return _lookup_class_name(class_name)
-    if task:
-        return _lookup_task(task)
-    if model_id:
-        from diffusers_backend.registry.sniffing import (
-            infer_pipeline_name_from_model_id,  # sniffing needs this module
-        )
-
-        return infer_pipeline_name_from_model_id(model_id)
-    raise ValueError(
-        "Must provide at least one of: class_name, task or model_id "
-        "(see get_available_pipelines() and get_available_tasks())."
-    )
-
-
-def resolve_pipeline_class(
-    class_name: str | None = None,
-    task: str | None = None,
-    model_id: str | None = None,
-) -> type:
-    """Resolve a pipeline class from a class name, a task alias or a model id."""
-    return get_pipeline_registry()[resolve_pipeline_name(class_name, task, model_id)]
-

@@ -4,32 +4,10 @@ pipeline, and discover other diffusers classes (schedulers, models) by base clas
 
 from __future__ import annotations
 
-import logging
-import threading
 from typing import Any
 
-from diffusers_backend.registry.aliases import (
-    _lookup_class_name,
-    _suggest,
-    get_available_pipelines,
-    get_task_aliases,
-    resolve_pipeline_name,
-)
-from diffusers_backend.registry.store import _get_records, get_pipeline_registry
-
-logger = logging.getLogger("diffusers_dynamic_loader")
-
-
-
-
-_lock = threading.RLock()
-_class_registries: dict[tuple[str, bool], dict[str, type]] = {}
-
-
-def clear() -> None:
-    """Forget the class registries discovered in this process."""
-    with _lock:
-        _class_registries.clear()
+from diffusers_backend.registry.resolution import resolve_pipeline_name
+from diffusers_backend.registry.store import REGISTRY, suggest
 
 
 class PipelineLoadError(RuntimeError):
@@ -65,7 +43,7 @@ def load_diffusers_pipeline(
         resolve_pipeline_name(class_name, task)  # report unknown names first
         raise ValueError("model_id is required to load a pipeline.")
     name = resolve_pipeline_name(class_name, task, model_id)
-    cls = get_pipeline_registry()[name]
+    cls = REGISTRY.pipelines()[name]
     if from_single_file:
         if not _supports_single_file(cls):
             raise ValueError(
@@ -88,20 +66,19 @@ def load_diffusers_pipeline(
 def get_pipeline_info(class_name: str) -> dict[str, Any]:
     """Name, aliases, single-file support and docstring of one pipeline (imports it)."""
     try:
-        name = _lookup_class_name(class_name)
+        name = REGISTRY.class_name(class_name)
     except ValueError:
         raise ValueError(
             f"Unknown pipeline '{class_name}'. "
-            + _suggest(
-                class_name, get_available_pipelines(), "pipelines", "get_available_pipelines"
-            )
+            + suggest(class_name, list(REGISTRY.pipelines()), "pipelines",
+                      "get_available_pipelines")
         ) from None
-    record = _get_records()["pipelines"][name]
-    cls = get_pipeline_registry()[name]
+    record = REGISTRY.records()["pipelines"][name]
+    cls = REGISTRY.pipelines()[name]
     doc = (cls.__doc__ or "").strip()
     return {
         "name": name,
-        "aliases": [alias for alias, names in get_task_aliases().items() if name in names],
+        "aliases": [alias for alias, names in REGISTRY.aliases().items() if name in names],
         "supports_single_file": _supports_single_file(cls),
         "docstring": doc[:500] or None,
         "module": record.get("module"),
@@ -121,9 +98,9 @@ def discover_diffusers_classes(base_class_name: str, include_base: bool = True) 
     Dummy placeholders for missing optional dependencies are skipped.
     """
     key = (base_class_name, include_base)
-    with _lock:
-        if key in _class_registries:
-            return _class_registries[key]
+    cached = REGISTRY.class_registry(key)
+    if cached is not None:
+        return cached
     import importlib
 
     import diffusers
@@ -157,9 +134,7 @@ def discover_diffusers_classes(base_class_name: str, include_base: bool = True) 
         found.setdefault(base_class_name, base)
     else:
         found.pop(base_class_name, None)
-    with _lock:
-        _class_registries[key] = found
-    return found
+    return REGISTRY.remember_class_registry(key, found)
 
 
 def get_available_classes(base_class_name: str) -> list[str]:

@@ -5,13 +5,10 @@ Pure string work, no imports of diffusers: the registry and the aliases are buil
 
 from __future__ import annotations
 
-import logging
 import re
 
-logger = logging.getLogger("diffusers_dynamic_loader")
-
-_AUTO_PREFIX = "AutoPipelineFor"
-_FALLBACK_PIPELINE = "DiffusionPipeline"
+AUTO_PREFIX = "AutoPipelineFor"
+FALLBACK_PIPELINE = "DiffusionPipeline"
 
 # --------------------------------------------------------------------------------------
 # Task vocabulary: task *words* found in class names -> canonical task (not per pipeline).
@@ -34,7 +31,7 @@ _TASK_WORDS: list[tuple[str, str]] = [
     (r"ImageVariation", "image-variation"),
     (r"InstructPix2Pix|Edit", "image-editing"),
 ]
-_TASK_SYNONYMS: dict[str, list[str]] = {
+TASK_SYNONYMS: dict[str, list[str]] = {
     "text-to-image": ["txt2img", "text2image"],
     "image-to-image": ["img2img", "image2image"],
     "inpainting": ["inpaint"],
@@ -51,24 +48,24 @@ _TASK_RE = re.compile(
     r"(?=[A-Z0-9_]|$)"
 )
 # A plain family class (no task word) is a generator for its modality.
-_MODALITY_WORDS: list[tuple[str, str]] = [
+MODALITY_WORDS: list[tuple[str, str]] = [
     (r"Video|Animate", "text-to-video"),
     (r"Audio|Music", "text-to-audio"),
 ]
 _TOKEN_RE = re.compile(r"[A-Z]+[0-9]*(?=[A-Z][a-z]|_|$)|[A-Z]?[a-z]+[0-9]*|[A-Z]+[0-9]*|[0-9]+")
 
 
-def _norm(text: str) -> str:
+def norm(text: str) -> str:
     """Key used to compare aliases: lowercase alphanumerics only (hyphens/case ignored)."""
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     """Alias display form: lowercase, hyphen separated, no stray punctuation."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _tokens(camel: str) -> list[str]:
+def tokens(camel: str) -> list[str]:
     """Split a CamelCase fragment into lowercase words; a lone capital joins the word before."""
     out: list[str] = []
     for part in camel.split("_"):
@@ -80,14 +77,14 @@ def _tokens(camel: str) -> list[str]:
     return out
 
 
-def _stem(name: str) -> str:
+def name_stem(name: str) -> str:
     """Class name without the word ``Pipeline`` (wherever it appears)."""
     return name.replace("Pipeline", "")
 
 
-def _split_name(name: str) -> tuple[list[str], list[str], str]:
+def split_name(name: str) -> tuple[list[str], list[str], str]:
     """(family tokens, tasks named in the class name, text after the first task word)."""
-    stem = _stem(name)
+    stem = name_stem(name)
     tasks: list[str] = []
     first = None
     for match in _TASK_RE.finditer(stem):
@@ -99,35 +96,35 @@ def _split_name(name: str) -> tuple[list[str], list[str], str]:
             first = match
     family = stem[: first.start()] if first else stem
     rest = stem[first.end() :] if first else ""
-    return _tokens(family), tasks, rest
+    return tokens(family), tasks, rest
 
 
-def _camel_to_kebab(name: str) -> str:
+def camel_to_kebab(name: str) -> str:
     """``StableDiffusionXLPipeline`` -> ``stable-diffusion-xl-pipeline``.
 
     Uses the same word split as the alias rules (acronyms stay whole, digits stay with the
-    word before them), so the kebab form of a class and its aliases agree. Kept under this
-    name because LocalAI's loader tests call it.
+    word before them), so the kebab form of a class and its aliases agree. The public face
+    also exports it as ``_camel_to_kebab``, the name LocalAI's loader tests call.
     """
-    return _slug("-".join(_tokens(name)))
+    return slug("-".join(tokens(name)))
 
 
-def _extract_task_keywords(class_name: str) -> list[str]:
+def extract_task_keywords(class_name: str) -> list[str]:
     """Aliases a pipeline class name implies, from the name alone (no registry, no import).
 
     The family (``StableDiffusionImg2ImgPipeline`` -> ``stable-diffusion``) and each task
     word in the name with its synonyms (``image-to-image``, ``img2img``...). A name without
     a task word (``WanPipeline``, ``StableVideoDiffusionPipeline``) does not say its task, so
     none is guessed: :func:`get_task_aliases` adds it from facts read from the sources
-    (AutoPipeline mappings, whether the call takes a prompt). Kept under this name because
-    LocalAI's loader tests call it.
+    (AutoPipeline mappings, whether the call takes a prompt). The public face also exports it
+    as ``_extract_task_keywords``, the name LocalAI's loader tests call.
     """
-    auto = class_name.startswith(_AUTO_PREFIX)  # AutoPipelineFor<Task>: a task, no family
-    family, tasks, _rest = _split_name(class_name[len(_AUTO_PREFIX) :] if auto else class_name)
+    auto = class_name.startswith(AUTO_PREFIX)  # AutoPipelineFor<Task>: a task, no family
+    family, tasks, _rest = split_name(class_name[len(AUTO_PREFIX) :] if auto else class_name)
     out: list[str] = []
     family_alias = "" if auto else "-".join(family)
-    for alias in [family_alias, *(a for t in tasks for a in (t, *_TASK_SYNONYMS.get(t, [])))]:
-        alias = _slug(alias)
+    for alias in [family_alias, *(a for t in tasks for a in (t, *TASK_SYNONYMS.get(t, [])))]:
+        alias = slug(alias)
         if alias and alias not in out:
             out.append(alias)
     return out

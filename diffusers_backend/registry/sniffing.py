@@ -13,22 +13,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from diffusers_backend.registry.aliases import _lookup_class_name
 from diffusers_backend.registry.model_files import SINGLE_FILE_SUFFIXES
-from diffusers_backend.registry.names import _FALLBACK_PIPELINE
+from diffusers_backend.registry.names import FALLBACK_PIPELINE
+from diffusers_backend.registry.store import REGISTRY
 
 logger = logging.getLogger("diffusers_dynamic_loader")
 
 _DEFAULT_SINGLE_FILE_PIPELINE = "StableDiffusionPipeline"
 _HUB_TIMEOUT_S = 5.0
-_lock = threading.RLock()
-_model_id_cache: dict[str, str] = {}
-
-
-def clear() -> None:
-    """Forget the model ids resolved in this process."""
-    with _lock:
-        _model_id_cache.clear()
 
 # --------------------------------------------------------------------------------------
 # Model id -> pipeline name (offline first)
@@ -80,7 +72,7 @@ def _known(name: str | None, default: str) -> str:
     if not name or not isinstance(name, str):
         return default
     try:
-        return _lookup_class_name(name)
+        return REGISTRY.class_name(name)
     except ValueError:
         logger.info("Model declares unknown pipeline %r; using %s", name, default)
         return default
@@ -101,7 +93,7 @@ class _Shape:
 
     __slots__ = ("shape",)
 
-    def __init__(self, shape: Any) -> None:
+    def __init__(self, shape: list[int] | tuple[int, ...]) -> None:
         self.shape = tuple(shape)
 
 
@@ -191,28 +183,27 @@ def infer_pipeline_name_from_model_id(model_id: str) -> str:
 
     Falls back to ``DiffusionPipeline`` (which reads ``model_index.json`` itself).
     """
-    with _lock:
-        if model_id in _model_id_cache:
-            return _model_id_cache[model_id]
+    cached = REGISTRY.model_id_class(model_id)
+    if cached is not None:
+        return cached
     path = Path(os.path.expanduser(model_id))
     if path.is_dir():
         index = path / "model_index.json"
         found = _class_from_model_index(index) if index.is_file() else None
-        name = _known(found, _FALLBACK_PIPELINE)
+        name = _known(found, FALLBACK_PIPELINE)
     elif path.is_file():
         if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
             name = _class_from_checkpoint(path)
         elif path.name == "model_index.json":
-            name = _known(_class_from_model_index(path), _FALLBACK_PIPELINE)
+            name = _known(_class_from_model_index(path), FALLBACK_PIPELINE)
         else:
-            name = _FALLBACK_PIPELINE
+            name = FALLBACK_PIPELINE
     elif re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model_id) and not model_id.endswith(
         SINGLE_FILE_SUFFIXES
     ):
-        name = _known(_class_from_hub(model_id), _FALLBACK_PIPELINE)
+        name = _known(_class_from_hub(model_id), FALLBACK_PIPELINE)
     else:
-        name = _FALLBACK_PIPELINE
-    with _lock:
-        _model_id_cache[model_id] = name
+        name = FALLBACK_PIPELINE
+    REGISTRY.remember_model_id(model_id, name)
     return name
 

@@ -19,9 +19,9 @@ def variant_classes(cls: type) -> list[type]:
     """The img2img and inpainting classes diffusers would switch ``cls`` to (may be none)."""
     import diffusers
 
-    from diffusers_backend.registry import store
+    from diffusers_backend.registry.store import REGISTRY
 
-    tables: dict[str, list[list[str]]] = store._get_records()["auto"]
+    tables: dict[str, list[list[str]]] = REGISTRY.records()["auto"]
     keys = {key for items in tables.values() for key, name in items if name == cls.__name__}
     found = []
     for task in ("image-to-image", "inpainting"):

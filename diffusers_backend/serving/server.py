@@ -142,9 +142,9 @@ def warm_imports(done: threading.Event) -> None:
         from diffusers.pipelines import auto_pipeline  # noqa: F401
 
         from diffusers_backend.engine import engine  # noqa: F401
-        from diffusers_backend.registry import aliases as registry_aliases
+        from diffusers_backend.registry.store import REGISTRY
 
-        registry_aliases.get_available_pipelines()
+        REGISTRY.pipelines()
     except Exception:  # noqa: BLE001 - logged; LoadModel reports the import error itself
         log.exception("importing torch/diffusers failed")
     finally:

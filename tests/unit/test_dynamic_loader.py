@@ -22,7 +22,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import diffusers_dynamic_loader as dl  # noqa: E402
-from diffusers_backend.registry import sniffing  # noqa: E402
+from diffusers_backend.registry.store import REGISTRY  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AUTO_CORE = {"AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting"}
@@ -235,6 +235,36 @@ def test_unknown_task_error():
     assert len(msg) < 600
 
 
+@pytest.mark.parametrize("typo,meant", [
+    ("ZImagePipelin", "ZImagePipeline"),  # alphabetically far down the list of classes
+    ("stable-difusion-xl", "stable-diffusion-xl"),  # a family alias
+    ("txt2imgg", "txt2img"),  # a task alias
+])
+def test_closest_pipeline_names_put_the_meant_name_first(typo, meant):
+    from diffusers_backend.registry.resolution import closest_pipeline_names
+
+    assert closest_pipeline_names(typo)[0] == meant
+
+
+def test_an_unknown_pipeline_type_says_did_you_mean_with_classes_and_tasks(tmp_path):
+    """LoadModel's message for a pipeline_type that is neither class nor task: the closest
+    classes and tasks first, not the start of an alphabetical list."""
+    from diffusers_backend.errors import LoadError
+    from diffusers_backend.loading.model_ref import ModelRef, RefKind
+    from diffusers_backend.loading.pipeline_loader import resolve_class
+    from diffusers_backend.loading.spec import LoadSpec
+
+    ref = ModelRef(RefKind.FOLDER, str(tmp_path))
+    with pytest.raises(LoadError) as err:
+        resolve_class(LoadSpec(model=str(tmp_path), pipeline_type="StableDifusionXLPipelin"), ref)
+    msg = str(err.value)
+    assert "pipeline_type 'StableDifusionXLPipelin' is neither" in msg
+    assert "did you mean StableDiffusionXLPipeline," in msg
+    assert "AltDiffusion" not in msg and len(msg) < 400
+    with pytest.raises(LoadError, match="did you mean text-to-video"):
+        resolve_class(LoadSpec(model=str(tmp_path), pipeline_type="text-to-vidoe"), ref)
+
+
 def test_nothing_given_error():
     with pytest.raises(ValueError, match="Must provide at least one of"):
         dl.resolve_pipeline_class()
@@ -317,7 +347,7 @@ def test_model_id_hub_cache_then_offline_fallback(tmp_path, monkeypatch):
     assert dl.resolve_pipeline_name(model_id="acme/not-cached") == "DiffusionPipeline"
     assert time.monotonic() - start < 2.0
     # cached per process
-    assert sniffing._model_id_cache["acme/tiny-sdxl"] == "StableDiffusionXLPipeline"
+    assert REGISTRY.model_id_class("acme/tiny-sdxl") == "StableDiffusionXLPipeline"
 
 
 # ----------------------------------------------------------------------------- disk cache
