@@ -2,13 +2,17 @@
 
 Reading the environment in one place means a typo in a value stops start-up with a
 message naming the variable, instead of surfacing minutes later inside a request.
+Each variable is written once, in :data:`ENV_VARS` (name, field, parser, doc); its default
+is the :class:`Settings` field's. The env table of docs/configuration.md is generated from
+them, and a unit test fails when the page and the code disagree.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
@@ -20,41 +24,40 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """The backend's configuration. Field docs are mirrored in the README table."""
+    """The backend's configuration; :data:`ENV_VARS` says which variable sets each field."""
 
-    compel: bool = False  # COMPEL: weight prompts with compel
-    xpu: bool = False  # XPU: place models on an Intel XPU
-    clip_skip_enabled: bool = True  # CLIPSKIP: honour CLIPSkip values
-    safetensors_only: bool = True  # SAFETENSORS: refuse pickle checkpoints
-    chunk_size: int = 8  # CHUNK_SIZE: frames decoded at once for video models
-    fps: int = 0  # FPS: frames per second of videos; 0 = the loaded family's own rate
-    disable_cpu_offload: bool = False  # DISABLE_CPU_OFFLOAD: never offload to CPU
-    frames: int = 0  # FRAMES: number of video frames; 0 = the pipeline's own default
-    bfl_repo: str = "ChuckMcSneed/FLUX.1-dev"  # BFL_REPO: Flux base repo (quantized loads)
-    max_workers: int = 1  # PYTHON_GRPC_MAX_WORKERS: gRPC thread pool size
-    max_batch: int = 16  # DIFFUSERS_MAX_BATCH: text-to-image requests sharing one call
-    # DIFFUSERS_BATCH_WINDOW_MS: how long a batch waits for requests still being validated;
-    # None = adaptive (10 % of the last pipeline call, 2 to 50 ms), 0 = never wait
-    batch_window_ms: float | None = None
-    output_writers: int = 2  # DIFFUSERS_OUTPUT_WRITERS: threads encoding and writing outputs
-    png_compression: int = 1  # DIFFUSERS_PNG_COMPRESSION: zlib level 0-9 of written PNGs
-    idle_release_s: float = 2.0  # DIFFUSERS_IDLE_RELEASE_S: give cached GPU memory back
-    profile_dir: str = ""  # DIFFUSERS_PROFILE_DIR: torch.profiler traces of pipeline calls
-    max_batch_pixels: int = 4 * 1024 * 1024  # DIFFUSERS_MAX_BATCH_PIXELS: pixels per batch
-    log_level: str = "INFO"  # DIFFUSERS_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR
-    max_queue: int = 32  # DIFFUSERS_MAX_QUEUE: extra threads so queued requests are validated
-    auth_token: str = ""  # LOCALAI_GRPC_AUTH_TOKEN: bearer token required when set
-    parent_watch: bool = True  # LOCALAI_BACKEND_PARENT_WATCH: exit when orphaned
-    parent_watch_interval: float = 2.0  # LOCALAI_BACKEND_PARENT_WATCH_INTERVAL (seconds)
-    max_pixels: int = 4096 * 4096  # DIFFUSERS_MAX_PIXELS: largest width*height accepted
-    max_steps: int = 500  # DIFFUSERS_MAX_STEPS: largest step count accepted
-    max_input_pixels: int = 8192 * 8192  # DIFFUSERS_MAX_INPUT_PIXELS: largest input image
-    allow_remote_code: bool = False  # DIFFUSERS_ALLOW_REMOTE_CODE: trust_remote_code etc.
-    shutdown_grace: float = 30.0  # DIFFUSERS_SHUTDOWN_GRACE: seconds to finish on SIGTERM
+    compel: bool = False
+    sd_embed: bool = False
+    xpu: bool = False
+    clip_skip_enabled: bool = True
+    safetensors_only: bool = True
+    chunk_size: int = 8
+    fps: int = 0
+    disable_cpu_offload: bool = False
+    frames: int = 0
+    bfl_repo: str = "ChuckMcSneed/FLUX.1-dev"
+    max_workers: int = 1
+    max_batch: int = 16
+    batch_window_ms: float | None = None  # None = adaptive
+    output_writers: int = 2
+    png_compression: int = 1
+    idle_release_s: float = 2.0
+    profile_dir: str = ""
+    max_batch_pixels: int = 4 * 1024 * 1024
+    log_level: str = "INFO"
+    max_queue: int = 32
+    auth_token: str = ""
+    parent_watch: bool = True
+    parent_watch_interval: float = 2.0
+    max_pixels: int = 4096 * 4096
+    max_steps: int = 500
+    max_input_pixels: int = 8192 * 8192
+    allow_remote_code: bool = False
+    shutdown_grace: float = 30.0
     # Values we could not use but start anyway with a default (logged at start-up).
     warnings: tuple[str, ...] = ()
-    metrics_addr: str = ""  # DIFFUSERS_METRICS_ADDR: host:port of /metrics; empty = off
-    log_format: str = "text"  # DIFFUSERS_LOG_FORMAT: text or json (one object per line)
+    metrics_addr: str = ""
+    log_format: str = "text"
 
     def __repr__(self) -> str:  # never print the token
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -65,11 +68,11 @@ class Settings:
 
 DEFAULTS = Settings()  # the one place defaults are written: the fields above
 
+# ------------------------------------------------------------------------------ parsers
+Parser = Callable[[str, str], Any]  # (variable name, raw value) -> value, or SettingsError
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
+
+def parse_bool(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in _TRUE:
         return True
@@ -78,17 +81,25 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be a boolean (1/0, true/false, yes/no, on/off), got {raw!r}")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
-    return value
+def int_parser(minimum: int = 0, maximum: int | None = None) -> Parser:
+    """An integer of at least ``minimum`` (and at most ``maximum``)."""
+
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise SettingsError(f"{name} must be {minimum} to {maximum}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_text(_name: str, raw: str) -> str:
+    return raw.strip()
 
 
 def parse_duration(name: str, raw: str) -> float:
@@ -109,67 +120,48 @@ def parse_duration(name: str, raw: str) -> float:
     return value
 
 
-def _parent_watch(env: Mapping[str, str], warnings: list[str]) -> tuple[bool, float]:
-    """LOCALAI_BACKEND_PARENT_WATCH(_INTERVAL), read as LocalAI's own backends read them.
-
-    Only a falsey value (false/0/no/off) switches the watch off; empty or anything else
-    leaves it on. A malformed interval falls back to 2 s. Never a reason to refuse to start:
-    the host sets these for every backend it runs.
-    """
-    raw = env.get("LOCALAI_BACKEND_PARENT_WATCH", "").strip().lower()
-    enabled = raw not in {"false", "0", "no", "off"}
-    interval = 2.0
-    interval_raw = env.get("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", "").strip()
-    if interval_raw:
-        try:
-            interval = parse_duration("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", interval_raw)
-        except SettingsError as exc:
-            warnings.append(f"{exc}; using 2s")
-    return enabled, interval
-
-
-def _window_ms(env: Mapping[str, str]) -> float | None:
-    """DIFFUSERS_BATCH_WINDOW_MS: milliseconds, or empty/``auto`` for the adaptive window."""
-    raw = env.get("DIFFUSERS_BATCH_WINDOW_MS", "").strip().lower()
-    if raw in {"", "auto"}:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(
-            f"DIFFUSERS_BATCH_WINDOW_MS must be milliseconds or auto, got {raw!r}") from None
-    if not 0 <= value <= 10_000:
-        raise SettingsError(f"DIFFUSERS_BATCH_WINDOW_MS must be 0 to 10000, got {raw!r}")
-    return value
-
-
-def _png_level(env: Mapping[str, str]) -> int:
-    level = _int(env, "DIFFUSERS_PNG_COMPRESSION", 1, minimum=0)
-    if level > 9:
-        raise SettingsError(f"DIFFUSERS_PNG_COMPRESSION must be 0 to 9, got {level}")
-    return level
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def parse_seconds_or_off(name: str, raw: str) -> float:
     """A duration (``500ms``, ``2s``, ``3``), or ``0`` to switch the feature off."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if raw in {"0", "0s", "0ms", "off"}:
+    if raw.strip() in {"0", "0s", "0ms", "off"}:
         return 0.0
     return parse_duration(name, raw)
 
 
-def _log_level(env: Mapping[str, str]) -> str:
-    raw = env.get("DIFFUSERS_LOG_LEVEL", "").strip().upper() or "INFO"
-    if raw not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-        raise SettingsError(
-            f"DIFFUSERS_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {raw!r}"
-        )
-    return raw
+def parse_parent_watch(_name: str, raw: str) -> bool:
+    """As LocalAI's own backends read it: only a falsey value (false/0/no/off) switches the
+    watch off; empty or anything else leaves it on (never a reason to refuse to start)."""
+    return raw.strip().lower() not in {"false", "0", "no", "off"}
 
 
-def parse_metrics_addr(raw: str) -> str:
+def parse_window_ms(name: str, raw: str) -> float | None:
+    """Milliseconds, or ``auto`` for the adaptive window."""
+    text = raw.strip().lower()
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be milliseconds or auto, got {text!r}") from None
+    if not 0 <= value <= 10_000:
+        raise SettingsError(f"{name} must be 0 to 10000, got {text!r}")
+    return value
+
+
+def parse_log_level(name: str, raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise SettingsError(f"{name} must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+    return value
+
+
+def parse_log_format(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"text", "json"}:
+        raise SettingsError(f"{name} must be text or json, got {value!r}")
+    return value
+
+
+def parse_metrics_addr(raw: str, name: str = "DIFFUSERS_METRICS_ADDR") -> str:
     """``host:port`` for the metrics endpoint; a bare port means loopback (safe default)."""
     text = raw.strip()
     if not text:
@@ -180,57 +172,142 @@ def parse_metrics_addr(raw: str) -> str:
     host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit() or int(port) > 65535 or any(c in host for c in "/ []"):
         raise SettingsError(
-            f"DIFFUSERS_METRICS_ADDR must be PORT or HOST:PORT (e.g. 127.0.0.1:9090), got {raw!r}"
+            f"{name} must be PORT or HOST:PORT (e.g. 127.0.0.1:9090), got {raw!r}"
         )
     return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
 
 
-def _log_format(env: Mapping[str, str]) -> str:
-    raw = env.get("DIFFUSERS_LOG_FORMAT", "").strip().lower() or "text"
-    if raw not in {"text", "json"}:
-        raise SettingsError(f"DIFFUSERS_LOG_FORMAT must be text or json, got {raw!r}")
-    return raw
+# ------------------------------------------------------------------------ the variables
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable: the field it sets, how it is read, what it means."""
+
+    name: str
+    field: str  # the Settings field; "" for a variable read where it is used
+    parse: Parser | None
+    doc: str
+    default: str = ""  # the default as the docs show it; derived from the field when empty
+    empty_is_default: bool = True  # an empty value means the default (not for booleans)
+    lenient: bool = False  # a bad value starts with the default and a warning
+
+    def shown_default(self) -> str:
+        if self.default or not self.field:
+            return self.default
+        value = getattr(DEFAULTS, self.field)
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        return str(value) if value != "" else "empty"
+
+
+_B = parse_bool
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("COMPEL", "compel", _B, "weight prompts with [compel](https://github.com/damian0815/"
+           "compel) (`a (red)++ cube`), SD 1.x/2.x and SDXL; SD3 and Flux with the A1111 "
+           "syntax (`a (red:1.3) cube`)", empty_is_default=False),
+    EnvVar("SD_EMBED", "sd_embed", _B, "weight prompts with A1111's `(word:1.2)` syntax",
+           empty_is_default=False),
+    EnvVar("XPU", "xpu", _B, "run on an Intel XPU", empty_is_default=False),
+    EnvVar("CLIPSKIP", "clip_skip_enabled", _B, "honour `CLIPSkip` (model YAML `clip_skip` "
+           "and per request)", empty_is_default=False),
+    EnvVar("SAFETENSORS", "safetensors_only", _B, "refuse pickle checkpoints (`.ckpt`, "
+           "`.bin`, `.pt`, `.pth`), which can run code when loaded", empty_is_default=False),
+    EnvVar("CHUNK_SIZE", "chunk_size", int_parser(1), "video frames decoded at once "
+           "(`decode_chunk_size`)"),
+    EnvVar("FPS", "fps", int_parser(0), "frames per second of videos when the request gives "
+           "none; 0 = the loaded family's own rate (Wan 16, LTX 24, SVD 7...)"),
+    EnvVar("DISABLE_CPU_OFFLOAD", "disable_cpu_offload", _B, "never offload to CPU, even "
+           "with `low_vram` or offload options", empty_is_default=False),
+    EnvVar("FRAMES", "frames", int_parser(0), "video frames when the request gives none; "
+           "0 = the pipeline's own default"),
+    EnvVar("BFL_REPO", "bfl_repo", parse_text, "base repository for quantized Flux loads "
+           "(text encoders, VAE)"),
+    EnvVar("PYTHON_GRPC_MAX_WORKERS", "max_workers", int_parser(1), "generation requests "
+           "served at once (calls on one pipeline still run one at a time; Health/Status "
+           "have their own threads)"),
+    EnvVar("DIFFUSERS_MAX_BATCH", "max_batch", int_parser(1), "queued text-to-image requests "
+           "that differ only in prompt, negative prompt and seed share one pipeline call "
+           "(`1` turns batching off)"),
+    EnvVar("DIFFUSERS_BATCH_WINDOW_MS", "batch_window_ms", parse_window_ms, "how long a "
+           "request about to run waits for requests that are still being validated, so "
+           "simultaneous clients share one batch; `auto` = 10 % of the last pipeline call "
+           "(2 to 50 ms) while other requests are being validated, else at most 1 % of it; "
+           "`0` = never", default="auto"),
+    EnvVar("DIFFUSERS_OUTPUT_WRITERS", "output_writers", int_parser(1), "threads that encode "
+           "and write outputs while the pipeline thread runs the next batch"),
+    EnvVar("DIFFUSERS_PNG_COMPRESSION", "png_compression", int_parser(0, 9), "zlib level "
+           "(0-9) of written PNGs: 1 encodes several times faster than 6 for slightly larger "
+           "files"),
+    EnvVar("DIFFUSERS_PROFILE_DIR", "profile_dir", parse_text, "write a torch.profiler trace "
+           "(`call-N.json`, Chrome/Perfetto) and a top-operators table (`call-N.txt`) of every "
+           "pipeline call there; slows calls down, for finding where time goes",
+           default="empty (off)"),
+    EnvVar("DIFFUSERS_IDLE_RELEASE_S", "idle_release_s", parse_seconds_or_off, "after this "
+           "long idle, cached GPU memory is handed back to the driver (`0` = keep it)",
+           default="2s"),
+    EnvVar("DIFFUSERS_MAX_BATCH_PIXELS", "max_batch_pixels", int_parser(64), "total output "
+           "pixels of one batch (16 x 512x512, 4 x 1024x1024); a batch that still runs out of "
+           "memory is retried one by one"),
+    EnvVar("DIFFUSERS_MAX_QUEUE", "max_queue", int_parser(0), "extra threads for requests "
+           "waiting their turn, so a bad one is refused at once instead of waiting"),
+    EnvVar("LOCALAI_GRPC_AUTH_TOKEN", "auth_token", parse_text, "when set, every call needs "
+           "metadata `authorization: Bearer <token>`"),
+    EnvVar("LOCALAI_BACKEND_PARENT_WATCH", "parent_watch", parse_parent_watch, "exit when the "
+           "host process that started us is gone; only `false/0/no/off` turn it off (empty or "
+           "unknown = on, as LocalAI reads it)", default="on"),
+    EnvVar("LOCALAI_BACKEND_PARENT_WATCH_INTERVAL", "parent_watch_interval", parse_duration,
+           "how often to check (`500ms`, `2s`, or seconds); a malformed value means 2 s, with "
+           "a warning", default="2s", lenient=True),
+    EnvVar("DIFFUSERS_MAX_PIXELS", "max_pixels", int_parser(64), "largest output width x "
+           "height (4096x4096), also for upscaling"),
+    EnvVar("DIFFUSERS_MAX_INPUT_PIXELS", "max_input_pixels", int_parser(64), "largest input "
+           "image accepted (decompression-bomb guard)"),
+    EnvVar("DIFFUSERS_MAX_STEPS", "max_steps", int_parser(1), "largest step count accepted"),
+    EnvVar("DIFFUSERS_ALLOW_REMOTE_CODE", "allow_remote_code", _B, "allow `trust_remote_code` "
+           "/ `custom_pipeline` from options or `EngineArgs`", empty_is_default=False),
+    EnvVar("DIFFUSERS_SHUTDOWN_GRACE", "shutdown_grace", parse_duration, "on SIGTERM, how "
+           "long running requests may finish", default="30s"),
+    EnvVar("DIFFUSERS_LOG_LEVEL", "log_level", parse_log_level, "log level of the server "
+           "(logs go to stderr)"),
+    EnvVar("DIFFUSERS_LOG_FORMAT", "log_format", parse_log_format, "`json`: every log line is "
+           "one JSON object (time, level, logger, message, request fields)"),
+    EnvVar("DIFFUSERS_METRICS_ADDR", "metrics_addr", lambda name, raw: parse_metrics_addr(
+        raw, name), "serve Prometheus metrics at `http://HOST:PORT/metrics`; a bare port means "
+           "`127.0.0.1:PORT`; needs the bearer token when `LOCALAI_GRPC_AUTH_TOKEN` is set",
+           default="empty (off)"),
+    # Read where they are used (no Settings field), documented here with the rest.
+    EnvVar("DIFFUSERS_LOADER_CACHE_DIR", "", None, "where the pipeline registry cache lives",
+           default="`~/.cache/localai-diffusers`"),
+    EnvVar("HF_HUB_OFFLINE", "", None, "standard Hugging Face variable: never contact the Hub",
+           default="unset"),
+)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default ``os.environ``); raise on bad values."""
     env = os.environ if env is None else env
-    d = DEFAULTS
+    values: dict[str, Any] = {}
     warnings: list[str] = []
-    parent_watch, parent_watch_interval = _parent_watch(env, warnings)
-    grace_raw = env.get("DIFFUSERS_SHUTDOWN_GRACE", "").strip()
-    return Settings(
-        compel=_bool(env, "COMPEL", d.compel),
-        xpu=_bool(env, "XPU", d.xpu),
-        clip_skip_enabled=_bool(env, "CLIPSKIP", d.clip_skip_enabled),
-        safetensors_only=_bool(env, "SAFETENSORS", d.safetensors_only),
-        chunk_size=_int(env, "CHUNK_SIZE", d.chunk_size, minimum=1),
-        fps=_int(env, "FPS", d.fps, minimum=0),
-        disable_cpu_offload=_bool(env, "DISABLE_CPU_OFFLOAD", d.disable_cpu_offload),
-        frames=_int(env, "FRAMES", d.frames, minimum=0),
-        bfl_repo=env.get("BFL_REPO", "").strip() or d.bfl_repo,
-        max_workers=_int(env, "PYTHON_GRPC_MAX_WORKERS", d.max_workers, minimum=1),
-        max_queue=_int(env, "DIFFUSERS_MAX_QUEUE", d.max_queue, minimum=0),
-        log_level=_log_level(env),
-        max_batch=_int(env, "DIFFUSERS_MAX_BATCH", d.max_batch, minimum=1),
-        batch_window_ms=_window_ms(env),
-        output_writers=_int(env, "DIFFUSERS_OUTPUT_WRITERS", d.output_writers, minimum=1),
-        png_compression=_png_level(env),
-        idle_release_s=_seconds(env, "DIFFUSERS_IDLE_RELEASE_S", d.idle_release_s),
-        profile_dir=env.get("DIFFUSERS_PROFILE_DIR", "").strip(),
-        max_batch_pixels=_int(env, "DIFFUSERS_MAX_BATCH_PIXELS", d.max_batch_pixels, minimum=64),
-        auth_token=env.get("LOCALAI_GRPC_AUTH_TOKEN", "").strip(),
-        parent_watch=parent_watch,
-        parent_watch_interval=parent_watch_interval,
-        max_pixels=_int(env, "DIFFUSERS_MAX_PIXELS", d.max_pixels, minimum=64),
-        max_steps=_int(env, "DIFFUSERS_MAX_STEPS", d.max_steps, minimum=1),
-        max_input_pixels=_int(env, "DIFFUSERS_MAX_INPUT_PIXELS", d.max_input_pixels, minimum=64),
-        allow_remote_code=_bool(env, "DIFFUSERS_ALLOW_REMOTE_CODE", d.allow_remote_code),
-        shutdown_grace=(
-            parse_duration("DIFFUSERS_SHUTDOWN_GRACE", grace_raw) if grace_raw
-            else d.shutdown_grace
-        ),
-        warnings=tuple(warnings),
-        metrics_addr=parse_metrics_addr(env.get("DIFFUSERS_METRICS_ADDR", "")),
-        log_format=_log_format(env),
-    )
+    for var in ENV_VARS:
+        raw = env.get(var.name)
+        if var.parse is None or raw is None or (var.empty_is_default and not raw.strip()):
+            continue
+        try:
+            values[var.field] = var.parse(var.name, raw)
+        except SettingsError as exc:
+            if not var.lenient:
+                raise
+            warnings.append(f"{exc}; using {var.shown_default()}")
+    return Settings(**values, warnings=tuple(warnings))
+
+
+def markdown_table() -> str:
+    """The env table of docs/configuration.md, generated from :data:`ENV_VARS`."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for var in ENV_VARS:
+        default = var.shown_default()
+        shown = default if default.startswith("`") or " " in default or default in {
+            "on", "unset", "empty"} else f"`{default}`"
+        rows.append(f"| `{var.name}` | {shown} | {var.doc} |")
+    return "\n".join(rows) + "\n"

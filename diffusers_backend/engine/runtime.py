@@ -24,6 +24,7 @@ from diffusers_backend.errors import (
     Unavailable,
     is_out_of_memory,
 )
+from diffusers_backend.loading.options_table import ignored_option_warning
 from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.settings import Settings
 from diffusers_backend.tasks.jobs import ImageJob, UpscaleJob, VideoJob
@@ -72,8 +73,7 @@ def _drop_unaccepted_options(loaded: LoadedPipeline, unknown: list[str]) -> None
         # ``cfg_scale`` reaches the call as ``guidance_scale``: name it as the user wrote it.
         written = "cfg_scale" if key == "guidance_scale" and key not in options else key
         options.pop(written, None)
-        loaded.warnings.append(
-            f"option {written!r} ignored: {loaded.class_name} does not take it")
+        loaded.warnings.append(ignored_option_warning(written, type(loaded.pipe)))
     loaded.spec = replace(loaded.spec, options=options)
 
 

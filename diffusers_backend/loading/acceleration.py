@@ -24,13 +24,11 @@ import time
 from typing import Any
 
 from diffusers_backend.errors import LoadError
+from diffusers_backend.loading.options_table import validate_options
 from diffusers_backend.loading.spec import LoadSpec
 
 log = logging.getLogger(__name__)
 
-SPEED_OPTION_KEYS = frozenset({"compile", "compile_mode", "compile_backend",
-                               "compile_fullgraph", "channels_last", "fuse_qkv"})
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 WARM_UP_STEPS = 2
 
 
@@ -42,20 +40,10 @@ def _denoiser(pipe: Any) -> tuple[str, Any]:
     return "", None
 
 
-def validate_speed_options(options: dict[str, Any]) -> None:
-    """Refuse a value we cannot use (a typo in a mode would otherwise compile silently)."""
-    mode = options.get("compile_mode")
-    if mode is not None and mode not in COMPILE_MODES:
-        raise LoadError(f"unknown compile_mode {mode!r}; use one of {', '.join(COMPILE_MODES)}")
-    for key in ("compile", "compile_fullgraph", "channels_last", "fuse_qkv"):
-        if key in options and not isinstance(options[key], bool):
-            raise LoadError(f"option {key} must be true or false, got {options[key]!r}")
-
-
 def apply_speed_options(pipe: Any, spec: LoadSpec) -> list[str]:
     """Apply channels-last, fused QKV and torch.compile as the options ask; notes for logs."""
     options = spec.options
-    validate_speed_options(options)
+    validate_options(options)  # a typo in a mode would otherwise compile silently
     notes: list[str] = []
     if options.get("channels_last"):
         import torch

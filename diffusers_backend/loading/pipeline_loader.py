@@ -23,14 +23,14 @@ from diffusers_backend.loading.model_ref import (
     missing_model_message,
     resolve_model_ref,
 )
+from diffusers_backend.loading.options_table import FROM_PRETRAINED_KEYS
 from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REMOTE_CODE_KEYS = ("trust_remote_code", "custom_pipeline")
-_PASS_THROUGH_LOAD_KEYS = ("variant", "revision", "subfolder", "low_cpu_mem_usage", "config",
-                           "original_config", "use_safetensors")
+_PASS_THROUGH_LOAD_KEYS = FROM_PRETRAINED_KEYS
 
 
 @dataclass

@@ -11,53 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diffusers_backend.errors import LoadError
-
-# Options applied while loading (from_pretrained kwargs or pipeline toggles); every other
-# option becomes a default keyword argument of each pipeline call.
-LOAD_TIME_OPTION_KEYS = frozenset(
-    {
-        "torch_dtype",
-        "variant",
-        "use_safetensors",
-        "low_cpu_mem_usage",
-        "revision",
-        "subfolder",
-        "attention_slicing",
-        "enable_attention_slicing",
-        "vae_slicing",
-        "enable_vae_slicing",
-        "vae_tiling",
-        "enable_vae_tiling",
-        "cpu_offload",
-        "sequential_cpu_offload",
-        "enable_sequential_cpu_offload",
-        "model_cpu_offload",
-        "enable_model_cpu_offload",
-        "xformers",
-        "attention_backend",
-        "config",
-        "original_config",
-        "device_map",
-        "controlnet_conditioning_scale_default",
-        "trust_remote_code",
-        "custom_pipeline",
-        "safety_checker",
-        # a .gguf transformer's pipeline (loading/special.py)
-        "gguf_base",
-        # ControlNet input preprocessing (control_preprocess.py)
-        "control_preprocess",
-        "control_annotator",
-        "canny_low",
-        "canny_high",
-        # speed options (loading/acceleration.py)
-        "compile",
-        "compile_mode",
-        "compile_backend",
-        "compile_fullgraph",
-        "channels_last",
-        "fuse_qkv",
-    }
-)
+from diffusers_backend.loading import options_table
 
 DTYPE_NAMES = {
     "fp16": "float16",
@@ -163,7 +117,7 @@ class LoadSpec:
     quantization: str = ""
     tensor_parallel_size: int = 0
     threads: int = 0
-    seed: int = 0  # recorded only: requests draw their own seed (see generation.pick_seed)
+    seed: int = 0  # recorded only: each request draws its own seed (tasks/calls.py)
     options: dict[str, Any] = field(default_factory=dict)
     engine_args: dict[str, Any] = field(default_factory=dict)
     # Problems found while parsing that LocalAI's backend tolerates: served with a warning.
@@ -171,8 +125,8 @@ class LoadSpec:
 
     @property
     def load_options(self) -> dict[str, Any]:
-        """Options consumed while loading."""
-        return {k: v for k, v in self.options.items() if k in LOAD_TIME_OPTION_KEYS}
+        """Options consumed while loading (see :mod:`options_table`)."""
+        return options_table.load_options(self.options)
 
     @property
     def call_options(self) -> dict[str, Any]:
@@ -181,11 +135,7 @@ class LoadSpec:
         ``cfg_scale`` (LocalAI's docs show ``options: ["cfg_scale:6"]``) is the guidance
         scale; an explicit ``guidance_scale`` option wins over it.
         """
-        calls = {k: v for k, v in self.options.items() if k not in LOAD_TIME_OPTION_KEYS}
-        if "cfg_scale" in calls:
-            cfg = calls.pop("cfg_scale")
-            calls.setdefault("guidance_scale", cfg)
-        return calls
+        return options_table.call_options(self.options)
 
     def torch_dtype_name(self) -> str:
         """The compute dtype: option ``torch_dtype``, then ``DType``, then F16Memory."""
@@ -207,6 +157,7 @@ class LoadSpec:
             )
         if self.cfg_scale < 0:
             raise LoadError(f"cfg_scale must not be negative, got {self.cfg_scale}")
+        options_table.validate_options(self.options)
         from diffusers_backend.media.control import check_control_options
 
         check_control_options(self.options, self.model_path)
