@@ -4,11 +4,12 @@ model_index, no PipelineType) and Stable Video Diffusion (image to video) write 
 from __future__ import annotations
 
 import grpc
-import imageio.v3 as iio
+import numpy as np
 import pytest
 from features_support import load_ok, rpc_error, write_image
 from harness import backend_pb2
 from tiny_video_models import tiny_svd_path, tiny_text_to_video_path
+from video_read import read_video
 
 pytestmark = pytest.mark.usefixtures("free_backend_after")
 
@@ -22,21 +23,16 @@ def video(server, dst, **fields):
     return server.stub.GenerateVideo(request, timeout=180, metadata=server.metadata)
 
 
-def read_video(path):
-    frames = iio.imread(path)
-    return frames, iio.immeta(path)
-
-
 def test_text_to_video_writes_an_mp4(backend, tmp_path):
     result = load_ok(backend, tiny_text_to_video_path())
     assert "TextToVideoSDPipeline" in result.message
     dst = tmp_path / "clip.mp4"
     reply = video(backend, dst, prompt="a cat", num_frames=4, fps=5)
     assert "frames=4" in reply.message and "fps=5" in reply.message
-    frames, meta = read_video(dst)
-    assert frames.shape == (4, 64, 64, 3)
-    assert meta["fps"] == 5
-    assert frames.std() > 0
+    clip = read_video(dst)
+    assert clip.frames.shape == (4, 64, 64, 3)
+    assert clip.fps == 5
+    assert clip.frames.std() > 0
 
 
 def test_stable_video_diffusion_with_a_start_image(backend, tmp_path):
@@ -46,9 +42,9 @@ def test_stable_video_diffusion_with_a_start_image(backend, tmp_path):
     reply = video(backend, dst, prompt="ignored by SVD", start_image=str(start),
                   num_frames=3, fps=6)
     assert "frames=3" in reply.message
-    frames, meta = read_video(dst)
-    assert frames.shape == (3, 64, 64, 3)
-    assert meta["fps"] == 6
+    clip = read_video(dst)
+    assert clip.frames.shape == (3, 64, 64, 3)
+    assert clip.fps == 6
 
 
 def test_stable_video_diffusion_without_start_image_is_invalid_argument(backend, tmp_path):
@@ -80,11 +76,37 @@ def test_params_cannot_bypass_validated_fields(backend, tmp_path, key):
     assert not (tmp_path / "x.mp4").exists()
 
 
-def test_svd_cfg_scale_steers_the_guidance(backend, tmp_path):
-    """SVD has no guidance_scale; cfg_scale becomes its max_guidance_scale."""
+def test_svd_cfg_scale_becomes_its_max_guidance_scale(backend, tmp_path):
+    """SVD has no guidance_scale: cfg_scale 9 gives exactly the video that SVD's own
+    max_guidance_scale 9 gives, and a clearly different one from cfg_scale 1 (guidance off)."""
     load_ok(backend, tiny_svd_path())
     start = write_image(tmp_path / "start.png", seed=2)
-    low, high = tmp_path / "low.mp4", tmp_path / "high.mp4"
-    video(backend, low, start_image=str(start), num_frames=2, cfg_scale=1.0, step=2)
-    video(backend, high, start_image=str(start), num_frames=2, cfg_scale=9.0, step=2)
-    assert abs(read_video(low)[0].astype(float) - read_video(high)[0].astype(float)).mean() > 0
+    clips = {}
+    for name, fields in (("cfg 9", {"cfg_scale": 9.0}),
+                         ("max_guidance_scale 9", {"params": {"max_guidance_scale": "9"}}),
+                         ("cfg 1", {"cfg_scale": 1.0})):
+        dst = tmp_path / f"{name}.mp4"
+        video(backend, dst, start_image=str(start), num_frames=2, step=2, **fields)
+        clips[name] = read_video(dst).frames.astype(float)
+    assert np.array_equal(clips["cfg 9"], clips["max_guidance_scale 9"])
+    # Guidance off moves the pixels by about 15 levels of 255 here; 2 is far above noise.
+    assert np.abs(clips["cfg 9"] - clips["cfg 1"]).mean() > 2
+
+
+@pytest.mark.parametrize(("params", "says"), [
+    ({"callback_steps": "0"}, "`callback_steps` has to be a positive integer"),  # ValueError
+    ({"guidance_scale": "abc"}, "not supported between instances of 'str'"),  # TypeError
+], ids=["ValueError", "TypeError"])
+def test_a_library_value_error_reaches_the_client_as_invalid_argument(backend, tmp_path,
+                                                                       params, says):
+    """diffusers itself rejects these values (its check_inputs, its guidance comparison):
+    the client gets INVALID_ARGUMENT with diffusers' first line, never INTERNAL or a
+    traceback, and no file."""
+    load_ok(backend, tiny_text_to_video_path())
+    offset = len(backend.log())
+    error = rpc_error(lambda: video(backend, tmp_path / "x.mp4", num_frames=2, params=params))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details().startswith("invalid request: ") and says in error.details()
+    assert "\n" not in error.details() and "Traceback" not in error.details()
+    assert not (tmp_path / "x.mp4").exists()
+    assert "Traceback" not in backend.log()[offset:]  # a refusal, not a failure

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imageio.v3 as iio
 import pytest
 from features_support import free, load_ok, write_image
 from harness import backend_pb2, start_backend
@@ -34,6 +33,7 @@ from tiny_video_models import (
     tiny_svd_path,
     tiny_text_to_video_path,
 )
+from video_read import read_video
 
 from diffusers_backend.errors import LoadError
 from diffusers_backend.loading import special
@@ -109,7 +109,7 @@ def _load(server, case: Case):
 
 
 def _check_video(dst: Path, frames: int) -> None:
-    video = iio.imread(dst)
+    video = read_video(dst).frames
     assert video.shape[0] == frames and video.shape[-1] == 3
     assert video.std() > 0
 

@@ -7,13 +7,13 @@ components from ``BFL_REPO`` pointed at a local folder, as an offline user would
 
 from __future__ import annotations
 
-import imageio.v3 as iio
 import pytest
 from features_support import free, inpaint_request, load_ok, pixels, write_image
 from harness import backend_pb2
 from PIL import Image
 from tiny_image_models import tiny_flux_path, tiny_sana_path
 from tiny_video_models import tiny_wan_path
+from video_read import read_video
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,6 @@ def test_wan_writes_an_mp4(server, tmp_path):
                                                dst=str(dst))
     reply = server.stub.GenerateVideo(request, timeout=180)
     assert "frames=5" in reply.message
-    frames = iio.imread(dst)
-    assert frames.shape == (5, 32, 32, 3)
-    assert iio.immeta(dst)["fps"] == 4
+    video = read_video(dst)
+    assert video.frames.shape == (5, 32, 32, 3)
+    assert video.fps == 4

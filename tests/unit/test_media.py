@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from harness import PNG_MAGIC
 from PIL import Image
+from video_read import read_video
 
 from diffusers_backend.errors import (
     InvalidArgument,
@@ -581,50 +582,31 @@ def test_image_to_png_bytes() -> None:
 # --------------------------------------------------------------------------- video output
 
 
-def read_video(path: Path) -> tuple[int, tuple[int, int], float]:
-    import imageio.v2 as iio
-
-    if path.suffix != ".mp4":  # imageio's reader goes by the name; the bytes are MP4
-        copy = path.parent / "readback" / (path.name + ".mp4")
-        copy.parent.mkdir(exist_ok=True)
-        copy.write_bytes(path.read_bytes())
-        path = copy
-    reader = iio.get_reader(str(path), format="ffmpeg")
-    try:
-        meta = reader.get_meta_data()
-        count = sum(1 for _ in reader)
-    finally:
-        reader.close()
-    return count, tuple(meta["size"]), float(meta["fps"])
-
-
 def test_write_video_pil_frames(tmp_path: Path) -> None:
     frames = [Image.new("RGB", (64, 64), (i * 30, 0, 0)) for i in range(8)]
     dst = tmp_path / "clip.tmp"  # the ending must not matter
     write_video_atomic(frames, str(dst), fps=7)
     assert leftovers(tmp_path, {"clip.tmp"}) == []
     assert dst.read_bytes()[4:8] == b"ftyp"  # an MP4 container whatever the name
-    count, size, fps = read_video(dst)
-    assert (count, size) == (8, (64, 64))
-    assert fps == pytest.approx(7.0)
+    video = read_video(dst)
+    assert (len(video.frames), video.size) == (8, (64, 64))
+    assert video.fps == pytest.approx(7.0)
 
 
 def test_write_video_float_array_odd_size(tmp_path: Path) -> None:
     frames = np.random.default_rng(0).random((5, 33, 47, 3), dtype=np.float32)
     dst = tmp_path / "odd.mp4"
     write_video_atomic(frames, str(dst), fps=8)
-    count, size, _ = read_video(dst)
-    assert count == 5
-    assert size == (48, 34)  # padded to even by one pixel, not rescaled to 16s
+    video = read_video(dst)
+    assert len(video.frames) == 5
+    assert video.size == (48, 34)  # padded to even by one pixel, not rescaled to 16s
 
 
 def test_write_video_uint8_list(tmp_path: Path) -> None:
     frames = [np.full((32, 32, 3), 200, dtype=np.uint8) for _ in range(3)]
     dst = tmp_path / "u8.mp4"
     write_video_atomic(frames, str(dst), fps=4)
-    import imageio.v2 as iio
-
-    first = iio.get_reader(str(dst), format="ffmpeg").get_data(0)
+    first = read_video(dst).frames[0]
     assert abs(int(first.mean()) - 200) < 8  # uint8 frames are not multiplied by 255
 
 

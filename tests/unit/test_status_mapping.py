@@ -1,0 +1,323 @@
+"""The one mapping from an exception to the gRPC status and message a host sees
+(``serving/status.py``), and the out-of-memory test it relies on (``errors.py``).
+
+Every branch has a test here, so removing or reordering one fails this file. The wrapper
+(:func:`grpc_method`) is driven through a real gRPC server in this process, on loopback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from harness import backend_pb2, backend_pb2_grpc
+
+from diffusers_backend.errors import (
+    MAX_MESSAGE_CHARS,
+    BackendError,
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    LoadError,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    is_out_of_memory,
+    short_message,
+)
+from diffusers_backend.serving.status import grpc_method, status_for
+
+Code = grpc.StatusCode
+OOM_ADVICE = ("out of memory while generating; try a smaller size, fewer frames, "
+              "or enable low_vram / attention slicing")
+# What this machine's allocator really raises when asked for 256 TiB (torch.empty(2**48)).
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+           "memory: you tried to allocate 281474976710656 bytes. Error code 12")
+
+
+def _no_traceback(message: str) -> None:
+    assert "\n" not in message and "Traceback" not in message, message
+
+
+# -- our own errors ---------------------------------------------------------------------------
+
+OWN_ERRORS = {
+    BackendError: Code.INTERNAL,
+    InvalidArgument: Code.INVALID_ARGUMENT,
+    NotFound: Code.NOT_FOUND,
+    FailedPrecondition: Code.FAILED_PRECONDITION,
+    ResourceExhausted: Code.RESOURCE_EXHAUSTED,
+    PermissionDenied: Code.PERMISSION_DENIED,
+    Unauthenticated: Code.UNAUTHENTICATED,
+    Cancelled: Code.CANCELLED,
+    Unavailable: Code.UNAVAILABLE,
+    LoadError: Code.INVALID_ARGUMENT,
+}
+
+
+def _subclasses(cls: type) -> Iterator[type]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+@pytest.mark.parametrize("cls", OWN_ERRORS, ids=lambda cls: cls.__name__)
+def test_each_own_error_reaches_the_host_as_its_status_with_its_first_line(cls):
+    error = cls("width 65 is not a multiple of 8; use 64 or 72\n  details for the log")
+    assert status_for(error) == (OWN_ERRORS[cls], "width 65 is not a multiple of 8; use 64 or 72")
+
+
+def test_every_own_error_class_names_a_real_grpc_status():
+    """A misspelt ``status`` would raise inside the catch-all, and the host would get UNKNOWN."""
+    classes = [BackendError, *_subclasses(BackendError)]
+    assert set(OWN_ERRORS) <= set(classes)
+    for cls in classes:
+        code, _ = status_for(cls("x"))
+        assert code.name == cls.status and code is not Code.UNKNOWN, cls
+
+
+def test_an_own_resource_error_keeps_its_message_not_the_oom_advice():
+    """Our errors are checked first: a size limit says which limit, not "out of memory"."""
+    error = ResourceExhausted("4096x4096 is above DIFFUSERS_MAX_PIXELS (1048576 pixels)")
+    assert status_for(error) == (Code.RESOURCE_EXHAUSTED, str(error))
+
+
+# -- out of memory ----------------------------------------------------------------------------
+
+class OutOfResources(Exception):  # noqa: N818 - Triton's name, which is the point
+    """Triton's shared-memory error, by name: Triton is not installed on this CPU machine."""
+
+
+def test_a_real_cpu_allocation_failure_is_out_of_memory():
+    import torch
+
+    with pytest.raises(RuntimeError) as caught:
+        torch.empty(2**48, dtype=torch.uint8)  # 256 TiB
+    assert is_out_of_memory(caught.value)
+    assert status_for(caught.value) == (Code.RESOURCE_EXHAUSTED, OOM_ADVICE)
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(),
+    RuntimeError(CPU_OOM),
+    RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("HIP OUT OF MEMORY"),
+    OutOfResources("out of resource: shared memory, Required: 98304, Hardware limit: 65536"),
+], ids=["MemoryError", "cpu-allocator", "cuda-text", "upper-case", "triton-by-name"])
+def test_out_of_memory_is_resource_exhausted_with_advice(error):
+    assert is_out_of_memory(error)
+    assert status_for(error) == (Code.RESOURCE_EXHAUSTED, OOM_ADVICE)
+
+
+def test_torch_out_of_memory_error_is_recognised_by_its_class_name():
+    import torch
+
+    error = torch.OutOfMemoryError("Tried to allocate 20.00 MiB (GPU 0; 79.3 GiB total)")
+    assert is_out_of_memory(error)
+    assert status_for(error)[0] is Code.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("Expected all tensors to be on the same device"),
+    ValueError("out of memory budget for this size"),  # the words, but not a RuntimeError
+    OSError("can't allocate memory for the socket buffer"),
+], ids=["other-runtime-error", "value-error", "os-error"])
+def test_other_errors_are_not_out_of_memory(error):
+    assert not is_out_of_memory(error)
+    assert status_for(error)[0] is not Code.RESOURCE_EXHAUSTED
+
+
+# -- library errors ---------------------------------------------------------------------------
+
+def test_a_missing_file_is_not_found_naming_the_path(tmp_path):
+    missing = tmp_path / "lora.safetensors"
+    with pytest.raises(FileNotFoundError) as caught:
+        missing.open()
+    assert status_for(caught.value) == (Code.NOT_FOUND, f"file not found: {missing}")
+
+
+def test_a_missing_file_without_a_path_is_not_found_with_its_text():
+    error = FileNotFoundError("no model index in the folder\nsearched: a, b")
+    assert status_for(error) == (Code.NOT_FOUND, "file not found: no model index in the folder")
+
+
+def test_a_permission_error_is_permission_denied_naming_the_path():
+    error = PermissionError(13, "Permission denied", "/models/out.png")
+    assert status_for(error) == (Code.PERMISSION_DENIED, "permission denied: /models/out.png")
+
+
+def test_a_library_value_error_is_invalid_argument():
+    with pytest.raises(ValueError) as caught:
+        int("abc")  # what parsing a bad option value raises
+    assert status_for(caught.value) == (
+        Code.INVALID_ARGUMENT, "invalid request: invalid literal for int() with base 10: 'abc'")
+
+
+def test_a_library_type_error_is_invalid_argument():
+    """The issue's example: ``params={"guidance_scale": "abc"}`` reaches ``guidance_scale > 1``."""
+    with pytest.raises(TypeError) as caught:
+        _ = "abc" > 1.0
+    code, message = status_for(caught.value)
+    assert code is Code.INVALID_ARGUMENT
+    assert message == "invalid request: '>' not supported between instances of 'str' and 'float'"
+
+
+def test_a_value_error_subclass_is_invalid_argument():
+    import json
+
+    with pytest.raises(ValueError) as caught:
+        json.loads("{not json")
+    assert status_for(caught.value)[0] is Code.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("error", [
+    AttributeError("'str' object has no attribute 'shape'"),
+    KeyError("text_encoder_2"),
+    AssertionError(),
+], ids=["AttributeError", "KeyError", "AssertionError"])
+def test_anything_else_is_internal_naming_the_error_never_unknown(error):
+    code, message = status_for(error)
+    assert code is Code.INTERNAL
+    assert message.startswith(f"{type(error).__name__}: ")
+    _no_traceback(message)
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+def test_short_message_is_the_first_non_blank_line():
+    assert short_message(ValueError("\n  first line  \nsecond line")) == "first line"
+
+
+def test_short_message_of_an_empty_error_is_its_class_name():
+    assert short_message(KeyError()) == "KeyError"
+    assert status_for(RuntimeError())[1] == "RuntimeError: RuntimeError"
+
+
+def test_short_message_is_cut_to_the_limit():
+    message = short_message(ValueError("x" * (MAX_MESSAGE_CHARS * 3)))
+    assert len(message) == MAX_MESSAGE_CHARS and message.endswith("...")
+    assert short_message(ValueError("y" * MAX_MESSAGE_CHARS)) == "y" * MAX_MESSAGE_CHARS
+
+
+def test_no_status_message_carries_a_traceback():
+    import traceback
+
+    try:
+        raise ValueError("bad value")
+    except ValueError as exc:
+        text = "".join(traceback.format_exception(exc))
+    for cls in (ValueError, RuntimeError, FileNotFoundError, InvalidArgument, AttributeError):
+        _no_traceback(status_for(cls(f"it failed\n{text}"))[1])
+
+
+# -- the wrapper, over a real gRPC server ------------------------------------------------------
+
+class RaisingServicer(backend_pb2_grpc.BackendServicer):
+    """Health raises what the test sets, through :func:`grpc_method` like every servicer."""
+
+    error: BaseException | None = None
+
+    @grpc_method
+    def Health(self, request, context):  # noqa: N802 - the proto's name
+        if self.error is not None:
+            raise self.error
+        return backend_pb2.Reply(message=b"OK")
+
+
+@pytest.fixture(scope="module")
+def raising() -> Iterator[tuple[RaisingServicer, backend_pb2_grpc.BackendStub]]:
+    servicer = RaisingServicer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    backend_pb2_grpc.add_BackendServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield servicer, backend_pb2_grpc.BackendStub(channel)
+    channel.close()
+    server.stop(grace=None)
+
+
+def _call(raising, error: BaseException | None, timeout: float = 10) -> Any:
+    """Health's reply, or the RpcError it ended with."""
+    servicer, stub = raising
+    servicer.error = error
+    try:
+        return stub.Health(backend_pb2.HealthMessage(), timeout=timeout)
+    except grpc.RpcError as exc:
+        return exc
+
+
+@pytest.fixture()
+def rpc_log(caplog) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="diffusers_backend.rpc")
+    return caplog
+
+
+def _records(caplog, within: float = 5.0) -> list[logging.LogRecord]:
+    """The wrapper's log records, once there is one (the server thread logs before it
+    answers, but a client whose deadline passed may return first)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = [r for r in caplog.records if r.name == "diffusers_backend.rpc"]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
+
+
+def test_the_wrapper_passes_a_reply_through(raising, rpc_log):
+    assert _call(raising, None).message == b"OK"
+    assert _records(rpc_log, within=0) == []
+
+
+@pytest.mark.parametrize("error", [
+    InvalidArgument("steps must be 1 to 500, got 0"),
+    ValueError("`callback_steps` has to be a positive integer but is 0"),
+    FileNotFoundError(2, "No such file or directory", "/x/lora.safetensors"),
+    FailedPrecondition("no model is loaded: call LoadModel first"),
+], ids=["own", "ValueError", "FileNotFoundError", "FailedPrecondition"])
+def test_a_refusal_aborts_with_its_status_and_logs_one_info_line(raising, rpc_log, error):
+    reply = _call(raising, error)
+    code, message = status_for(error)
+    assert (reply.code(), reply.details()) == (code, message)
+    [record] = _records(rpc_log)
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert record.getMessage() == f"Health refused ({code.name}): {message}"
+
+
+@pytest.mark.parametrize("error", [
+    AttributeError("'NoneType' object has no attribute 'to'"),
+    RuntimeError(CPU_OOM),
+], ids=["internal", "out-of-memory"])
+def test_a_failure_aborts_with_its_status_and_logs_the_traceback(raising, rpc_log, error):
+    reply = _call(raising, error)
+    code, message = status_for(error)
+    assert (reply.code(), reply.details()) == (code, message)
+    _no_traceback(reply.details())
+    [record] = _records(rpc_log)
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None and record.exc_info[1] is error  # the full story, logged
+    assert record.getMessage() == f"Health failed: {message}"
+
+
+def test_a_cancel_with_time_left_is_logged_as_the_client_cancelling(raising, rpc_log):
+    reply = _call(raising, Cancelled("request cancelled by the client"), timeout=30)
+    assert reply.code() is Code.CANCELLED
+    [record] = _records(rpc_log)
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == ("Health cancelled (client cancelled), work stopped: "
+                                   "request cancelled by the client")
+
+
+def test_a_cancel_at_the_deadline_is_logged_as_the_deadline_passing(raising, rpc_log):
+    """A client deadline within the slack (0.25 s) of running out reads as "deadline passed"."""
+    _call(raising, Cancelled("request cancelled by the client"), timeout=0.24)
+    [record] = _records(rpc_log)
+    assert record.levelno == logging.WARNING
+    assert "Health cancelled (deadline passed), work stopped" in record.getMessage()
