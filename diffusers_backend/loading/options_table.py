@@ -18,6 +18,8 @@ from typing import Any
 from diffusers_backend.errors import LoadError
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+CACHE_NAMES = ("first_block", "taylorseer", "faster", "pab", "deepcache")  # acceleration/caches
+QUANTIZE_MODES = ("int8wo", "fp8")  # acceleration/quantize
 
 
 class Phase(str, Enum):
@@ -56,6 +58,23 @@ def _bool(key: str, value: Any) -> None:
 def _compile_mode(_key: str, value: Any) -> None:
     if value not in COMPILE_MODES:
         raise LoadError(f"unknown compile_mode {value!r}; use one of {', '.join(COMPILE_MODES)}")
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    def check(key: str, value: Any) -> None:
+        if value not in choices:
+            raise LoadError(f"unknown {key} {value!r}; use one of {', '.join(choices)}")
+    return check
+
+
+def _steps(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LoadError(f"option {key} must be a whole number of steps >= 1, got {value!r}")
+
+
+def _threshold(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 10:
+        raise LoadError(f"option {key} must be a number above 0 (e.g. 0.05), got {value!r}")
 
 
 _L, _C = Phase.LOAD, Phase.CALL
@@ -112,7 +131,7 @@ OPTIONS: tuple[Option, ...] = (
            "`control_preprocess:depth`", "ControlNet"),
     Option("canny_low", _L, "number", "Canny low threshold (default 100)", "ControlNet"),
     Option("canny_high", _L, "number", "Canny high threshold (default 200)", "ControlNet"),
-    # -- speed (loading/acceleration.py)
+    # -- speed (loading/acceleration/compile.py)
     Option("compile", _L, "bool", "`torch.compile` the denoiser, warmed up inside LoadModel",
            _DENOISER, check=_bool),
     Option("compile_mode", _L, ", ".join(f"`{m}`" for m in COMPILE_MODES),
@@ -125,6 +144,24 @@ OPTIONS: tuple[Option, ...] = (
            "with a UNet or VAE", check=_bool),
     Option("fuse_qkv", _L, "bool", "one fused QKV projection per attention block",
            "with fused projections", check=_bool),
+    # -- acceleration (loading/acceleration/; docs/acceleration.md has the measured table)
+    Option("cache", _L, ", ".join(f"`{c}`" for c in CACHE_NAMES), "reuse denoiser outputs "
+           "between close steps: `first_block`, `taylorseer`, `faster`, `pab` (diffusers' "
+           "hooks), `deepcache` (UNet deep features)", "first_block/taylorseer/faster/pab: "
+           "transformers whose pipeline sets a cache context (Flux, Wan, LTX, Qwen-Image...); "
+           "deepcache: SD 1.x/2.x, SDXL", check=_one_of(CACHE_NAMES)),
+    Option("cache_interval", _L, "int", "full denoiser step every N steps (taylorseer 5, "
+           "faster 2, pab 2, deepcache 3)", "with an interval cache", check=_steps),
+    Option("cache_threshold", _L, "number", "first_block: reuse while the first block's "
+           "relative change is below this (default 0.05)", "with `cache:first_block`",
+           check=_threshold),
+    Option("quantize", _L, ", ".join(f"`{m}`" for m in QUANTIZE_MODES), "torchao weight "
+           "quantization of the denoiser: `int8wo` (CPU and GPU), `fp8` (CUDA compute "
+           "capability >= 8.9); refused on GGUF or already quantized weights", _DENOISER,
+           check=_one_of(QUANTIZE_MODES)),
+    Option("compile_regional", _L, "bool", "`torch.compile` only the repeated blocks "
+           "(much faster warm-up); kernels cached in `DIFFUSERS_COMPILE_CACHE_DIR`",
+           "denoisers that declare repeated blocks (Flux, Wan, SD UNet...)", check=_bool),
     # -- call options the backend itself reads; every other key is passed through as well
     Option("cfg_scale", _C, "number", "guidance scale (LocalAI's docs' spelling); an "
            "explicit `guidance_scale` option wins"),
