@@ -5,6 +5,7 @@ BUILD_TYPE ?= cpu
 ADDR ?= 127.0.0.1:50051
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(BUILD_TYPE)
+DEV_STAMP := $(VENV)/.installed-dev
 
 # BUILD_TYPE picks requirements-$(BUILD_TYPE).txt (cpu, cuda, hipblas, intel, mps), as
 # LocalAI's backends do; an unknown value stops here rather than installing the CPU build.
@@ -14,15 +15,31 @@ $(error unknown BUILD_TYPE=$(BUILD_TYPE); use one of: $(BUILD_TYPES))
 endif
 REQS := requirements-$(BUILD_TYPE).txt
 
-.PHONY: install protogen run test lint bench clean
+# TORCH_INDEX: an extra pip index for torch, used when it answers (scripts/torch_index.py
+# asks it first; otherwise pip's own indexes serve). CPU: PyTorch's CPU-only wheels, much
+# smaller than PyPI's CUDA builds. `make install TORCH_INDEX=URL` names a mirror,
+# `TORCH_INDEX=` skips it. PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS apply as usual.
+ifeq ($(BUILD_TYPE),cpu)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+endif
+
+.PHONY: install protogen run demo test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): $(PY) $(REQS) requirements.txt requirements-dev.txt
-	$(PY) -m pip install --quiet -r $(REQS) -r requirements-dev.txt
+# What serving needs (LocalAI's install path runs `make install`), then the project itself,
+# editable, which puts the `diffusers-client` command into $(VENV)/bin.
+$(STAMP): $(PY) $(REQS) requirements.txt pyproject.toml
+	$(PY) -m pip install --quiet $$($(PY) scripts/torch_index.py "$(TORCH_INDEX)") -r $(REQS)
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps -e .  # (no editable-install notice)
 	touch $(STAMP)
+
+# Test and lint tools, for `make test` and `make lint` only.
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(DEV_STAMP)
 
 install: $(STAMP) protogen
 
@@ -34,10 +51,14 @@ backend_pb2.py backend_pb2_grpc.py: backend.proto $(STAMP)
 run: install
 	exec ./run.sh --addr $(ADDR)
 
-test: install
+# Offline: a tiny random-weight model into ./models, served, loaded, drawn into demo.png.
+demo: install
+	$(PY) scripts/demo.py
+
+test: install $(DEV_STAMP)
 	./test.sh
 
-lint: install
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: install

@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 
 from diffusers_backend.errors import LoadError
+from diffusers_backend.loading import hub
 from diffusers_backend.registry.model_files import PICKLE_SUFFIXES, SINGLE_FILE_SUFFIXES
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -120,12 +121,15 @@ def hub_status(repo_id: str, timeout: float = 3.0) -> str:
 
     Never raises and never waits longer than ``timeout``: it runs only after a load failed.
     """
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+    if hub.offline_by_choice():
         return "the Hub was not asked: HF_HUB_OFFLINE is set and the model is not in the cache"
+    reason = hub.unreachable()
+    if reason is not None:
+        return hub.unreachable_advice(reason)
     import urllib.error
     import urllib.request
 
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    endpoint = hub.endpoint()
     try:
         urllib.request.urlopen(  # noqa: S310 - a fixed https endpoint
             urllib.request.Request(f"{endpoint}/api/models/{repo_id}", method="HEAD"),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusers_backend.errors import BackendError, LoadError, short_message
-from diffusers_backend.loading import acceleration, adapters, download, placement, special
+from diffusers_backend.loading import acceleration, adapters, download, hub, placement, special
 from diffusers_backend.loading.model_ref import (
     ModelRef,
     RefKind,
@@ -242,6 +242,9 @@ def _find(spec: LoadSpec, settings: Settings) -> tuple[LoadSpec, ModelRef, type]
     spec = download.fetch_url_model(spec, settings.safetensors_only)  # a URL: fetch it once
     ref = resolve_model_ref(spec.model, spec.model_file, spec.model_path,
                             safetensors_only=settings.safetensors_only)
+    if ref.kind is RefKind.HUB and hub.unreachable() and not hub.is_cached(ref.location):
+        # no Hub and no cached copy: say so now, not after the library's retries
+        raise LoadError(missing_model_message(spec.model, spec.model_file, spec.model_path))
     # a .gguf file is a transformer alone: its base repo names the pipeline class
     class_ref = special.gguf_base_ref(spec, settings) if special.is_gguf(ref) else ref
     try:
@@ -257,17 +260,27 @@ def _load_weights(spec: LoadSpec, ref: ModelRef, cls: type, kwargs: dict[str, An
                   settings: Settings) -> Any:
     """The pipeline's weights through its (special) loader; library failures explained."""
     loader = special.load_gguf if special.is_gguf(ref) else special.loader_for(cls.__name__)
+    # a file without its config asks the Hub for it; with the Hub unreachable, only the
+    # cache is asked (offline mode), so the load ends at once instead of after retries
+    asks_hub = ref.kind is RefKind.HUB or (ref.kind is RefKind.SINGLE_FILE
+                                           and "config" not in kwargs)
     try:
-        return _load_with_variant_fallback(loader, cls, ref, kwargs, spec, settings)
+        with hub.offline_mode(asks_hub and hub.unreachable() is not None):
+            return _load_with_variant_fallback(loader, cls, ref, kwargs, spec, settings)
     except LoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any library failure, reported with context
-        log.exception("loading %s as %s failed", ref.location, cls.__name__)
         offline = any(w in str(exc).lower() for w in ("offline", "outgoing traffic"))
-        if ref.kind is RefKind.SINGLE_FILE and "config" not in kwargs and offline:
+        no_config = ref.kind is RefKind.SINGLE_FILE and "config" not in kwargs and offline
+        missing = no_config or (ref.kind is RefKind.HUB and looks_missing(exc))
+        # a model that is not there is the user's to fix: one line (the servicer's), the
+        # library's traceback only at DEBUG; anything else is ours to see at ERROR
+        log.log(logging.DEBUG if missing else logging.ERROR, "loading %s as %s failed",
+                ref.location, cls.__name__, exc_info=True)
+        if no_config:
             raise LoadError(
                 f"could not load {ref.location} as {cls.__name__}: a single-file checkpoint "
-                "needs its pipeline config and the Hub is offline; add the option "
+                f"needs its pipeline config and {hub.why_no_hub()}; add the option "
                 "config:<diffusers folder (or Hub id) of the same architecture> "
                 f"({short_message(exc)})"
             ) from exc

@@ -1,10 +1,12 @@
-"""``python -m diffusers_backend.serving.client``: drive a running backend from the command line.
+"""``diffusers-client``: drive a running backend from the command line.
 
 For trying a model or a server by hand without a LocalAI host: load a model, generate an
-image or a video to a file, upscale, and read Status and Health. The token comes from
-``LOCALAI_GRPC_AUTH_TOKEN`` (as the server's does). While a call runs, the elapsed seconds
-tick on stderr. The exit code is the gRPC status code's number (0 OK, 3 INVALID_ARGUMENT,
-14 UNAVAILABLE...), and 1 for a LoadModel that answered ``success=false``.
+image or a video to a file, upscale, and read Status and Health. ``make install`` puts the
+command into ``.venv/bin`` (``python -m diffusers_backend.serving.client`` is the same).
+The token comes from ``LOCALAI_GRPC_AUTH_TOKEN`` (as the server's does). While a call runs,
+the elapsed seconds tick on stderr. The exit code is the gRPC status code's number (0 OK, 3
+INVALID_ARGUMENT, 14 UNAVAILABLE...), 1 for a LoadModel that answered ``success=false``, and
+141 when whoever read the output went away (``| head``), as for a process killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -14,15 +16,22 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import grpc
+try:
+    import grpc
+except ImportError as missing:  # a Python without the backend's packages (the system one)
+    raise SystemExit(f"diffusers-client: {missing}. Run it with the project's environment: "
+                     ".venv/bin/diffusers-client (`make install` creates it)") from None
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 QUICK_TIMEOUT_S = 10.0  # Health, Status, Free
 LOAD_FAILED_EXIT = 1
+CLOSED_PIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
+_NO_SERVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class Progress:
@@ -135,7 +144,22 @@ def upscale_request(pb: Any, args: argparse.Namespace) -> Any:
 
 
 # -- commands ---------------------------------------------------------------------------
-def _call(args: argparse.Namespace, method: Callable, request: Any, label: str,
+def _video_reply(message: str, output: str) -> str:
+    """``image`` on a video model: the server wrote an MP4 at ``output``. A picture's name
+    would make viewers open it as one, so such a file is renamed to end in .mp4."""
+    path = Path(_abs(output))
+    video = path.with_suffix(".mp4")
+    if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        return message + "\nnote: the loaded model makes videos; that file is an MP4"
+    if video.exists():
+        return (message + f"\nnote: the loaded model makes videos; {path.name} is an MP4 "
+                f"(not renamed: {video.name} exists)")
+    path.rename(video)
+    return (message.replace(str(path), str(video), 1)
+            + f"\nnote: the loaded model makes videos; renamed {path.name} to {video.name}")
+
+
+def _call(args: argparse.Namespace, method: Any, request: Any, label: str,
           timeout: float | None) -> Any:
     future = method.future(request, timeout=args.timeout or timeout, metadata=args.metadata,
                            wait_for_ready=args.wait)
@@ -165,6 +189,9 @@ def run_command(args: argparse.Namespace, stub: Any, pb: Any) -> int:
             return LOAD_FAILED_EXIT
     elif command == "image":
         reply = _call(args, stub.GenerateImage, image_request(pb, args), "generating", None)
+        if reply.message.startswith("video written to "):
+            print(_video_reply(reply.message, args.output))
+            return 0
     elif command == "video":
         reply = _call(args, stub.GenerateVideo, video_request(pb, args), "generating", None)
     else:
@@ -183,29 +210,46 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="0: random (reported in the reply)")
 
 
+def _connection_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """Options every command takes. Added to the main parser with defaults and to each
+    command with none (SUPPRESS), so they work before or after the command."""
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--addr", default=default(DEFAULT_ADDR),
+                        help=f"server (default {DEFAULT_ADDR})")
+    parser.add_argument("--timeout", type=float, default=default(None),
+                        help="deadline in seconds (default: none for load/generation, 10 s "
+                        "for health/status/free)")
+    parser.add_argument("--wait", action="store_true", default=default(False),
+                        help="wait for the server to come up instead of failing at once")
+    parser.add_argument("--progress-interval", type=float, default=default(1.0),
+                        metavar="SECONDS",
+                        help="how often the elapsed time ticks on stderr (default 1)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="no progress on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: global connection options, then one subcommand per RPC."""
+    """The command line: connection options, then one subcommand per RPC."""
     parser = argparse.ArgumentParser(
-        prog="python -m diffusers_backend.serving.client",
+        prog="diffusers-client",
         description="Command-line client for the diffusers backend. The token is read from "
         "LOCALAI_GRPC_AUTH_TOKEN. Exit code: the gRPC status code (0 OK), 1 when LoadModel "
         "answers success=false.")
-    parser.add_argument("--addr", default=DEFAULT_ADDR, help=f"server (default {DEFAULT_ADDR})")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="deadline in seconds (default: none for load/generation, 10 s "
-                        "for health/status/free)")
-    parser.add_argument("--wait", action="store_true",
-                        help="wait for the server to come up instead of failing at once")
-    parser.add_argument("--progress-interval", type=float, default=1.0, metavar="SECONDS",
-                        help="how often the elapsed time ticks on stderr (default 1)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    _connection_args(parser, defaults=True)
+    shared = argparse.ArgumentParser(add_help=False)
+    _connection_args(shared, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("health", help="Health: prints OK")
-    commands.add_parser("status", help="Status: state and memory as JSON")
-    commands.add_parser("free", help="Free: unload the model")
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, parents=[shared])
 
-    load = commands.add_parser("load", help="LoadModel: a Hub id, folder or checkpoint file")
+    command("health", "Health: prints OK")
+    command("status", "Status: state and memory as JSON")
+    command("free", "Free: unload the model")
+
+    load = command("load", "LoadModel: a Hub id, folder or checkpoint file")
     load.add_argument("model")
     load.add_argument("--model-path", default="", help="models folder (ModelPath)")
     load.add_argument("--pipeline-type", default="", help="class name or task, e.g. img2img")
@@ -222,12 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help='model option, e.g. "guidance_scale:0" (repeatable)')
     load.add_argument("--seed", type=int, default=0)
 
-    image = commands.add_parser("image", help="GenerateImage: write a PNG")
+    image = command("image", "GenerateImage: write a PNG (an MP4 on a video model)")
     _generation_args(image)
     image.add_argument("--src", default="", help="input image (img2img) or inpainting JSON")
     image.add_argument("--ref", action="append", default=[], help="reference image")
 
-    video = commands.add_parser("video", help="GenerateVideo: write an MP4")
+    video = command("video", "GenerateVideo: write an MP4")
     _generation_args(video)
     video.add_argument("--start-image", default="", help="image-to-video start frame")
     video.add_argument("--end-image", default="")
@@ -237,11 +281,40 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                        help="extra pipeline argument (repeatable)")
 
-    upscale = commands.add_parser("upscale", help="UpscaleImage: write a PNG")
+    upscale = command("upscale", "UpscaleImage: write a PNG")
     upscale.add_argument("src", help="image to upscale")
     upscale.add_argument("-o", "--output", required=True)
     upscale.add_argument("--scale", type=int, default=0, help="0: 2x")
     return parser
+
+
+class _Connection:
+    """Whether the channel ever reached a server: a call that failed without that failed
+    because nothing answered at the address, not because a server refused or was slow."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.answered = False
+        channel.subscribe(self._changed)
+
+    def _changed(self, state: grpc.ChannelConnectivity) -> None:
+        if state is grpc.ChannelConnectivity.READY:
+            self.answered = True
+
+
+def _error_line(exc: grpc.RpcError, connection: _Connection, args: argparse.Namespace,
+                waited: float) -> tuple[str, int]:
+    """The one line printed for a failed call, and the exit code (the status number)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    code = code or grpc.StatusCode.UNKNOWN
+    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    if code in _NO_SERVER_CODES and not connection.answered:
+        code = grpc.StatusCode.UNAVAILABLE
+        if args.wait:
+            details = f"no server answered at {args.addr} within {waited:.0f} s"
+        else:
+            details = (f"no server answered at {args.addr}; start one (make run), check "
+                       "--addr, or add --wait to wait for one that is starting")
+    return f"error: {code.name}: {details}", int(code.value[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,19 +323,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = os.environ.get("LOCALAI_GRPC_AUTH_TOKEN", "").strip()
     args.metadata = (("authorization", f"Bearer {token}"),) if token else ()
     pb, pb_grpc = _stubs()
+    started = time.monotonic()
     with grpc.insecure_channel(args.addr) as channel:
+        connection = _Connection(channel)
         try:
             return run_command(args, pb_grpc.BackendStub(channel), pb)
         except grpc.RpcError as exc:
-            code = exc.code() if callable(getattr(exc, "code", None)) else None
-            code = code or grpc.StatusCode.UNKNOWN
-            details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-            print(f"error: {code.name}: {details}", file=sys.stderr)
-            return int(code.value[0])
+            line, code = _error_line(exc, connection, args, time.monotonic() - started)
+            print(line, file=sys.stderr)
+            return code
         except KeyboardInterrupt:
             print("error: CANCELLED: interrupted", file=sys.stderr)
             return int(grpc.StatusCode.CANCELLED.value[0])
 
 
+def run() -> None:
+    """The ``diffusers-client`` command: exit with main's code; a reader that went away
+    (``diffusers-client status | head -1``) ends it quietly, as it does other tools."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and print a second error: point it at
+        # /dev/null first (the recipe in Python's signal module documentation).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = CLOSED_PIPE_EXIT
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from diffusers_backend.serving.listen import bind_problem, cannot_listen_message
 from diffusers_backend.serving.observe import RpcObserver
 from diffusers_backend.settings import Settings, SettingsError, load_settings
 
@@ -216,8 +217,15 @@ def build_server(settings: Settings, addr: str, observer: RpcObserver | None = N
         ),
         server,
     )
-    if server.add_insecure_port(addr) == 0:
-        raise OSError(f"cannot listen on {addr}")
+    problem = bind_problem(addr)  # before gRPC, whose own error says only "Failed to bind"
+    if problem is not None:
+        raise OSError(cannot_listen_message(addr, problem))
+    try:
+        bound = server.add_insecure_port(addr)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(cannot_listen_message(addr))
     return server, runtime, imports_ready, health_servicer
 
 
