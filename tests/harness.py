@@ -6,12 +6,16 @@ Test modules and benchmarks import from here; ``conftest.py`` only defines fixtu
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -132,3 +136,75 @@ def mean_diff(a: str | Path, b: str | Path) -> float:
 
 def same(a: str | Path, b: str | Path) -> bool:
     return bool(np.array_equal(pixels(a), pixels(b)))
+
+
+# -- waiting on the server instead of sleeping -------------------------------------------------
+
+def wait_for_log(server: BackendProcess, text: str, since: int = 0, within: float = 30) -> str:
+    """The server's log from offset ``since``, once it holds ``text`` (AssertionError after
+    ``within`` seconds, with the log's tail)."""
+    deadline = time.monotonic() + within
+    while True:
+        log = server.log()[since:]
+        if text in log:
+            return log
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in the server log after {within}s:\n"
+                                 f"{log[-2000:]}")
+        time.sleep(0.02)
+
+
+def wait_for_state(server: BackendProcess, state: int, within: float = 30) -> float:
+    """Poll Status until the server reports ``state`` (a StatusResponse.State); the seconds
+    that took (AssertionError after ``within`` seconds)."""
+    started = time.monotonic()
+    while True:
+        current = server.status().state
+        if current == state:
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            name = backend_pb2.StatusResponse.State.Name
+            raise AssertionError(f"server still {name(current)}, not {name(state)}, "
+                                 f"after {within}s")
+        time.sleep(0.02)
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+T = TypeVar("T")
+# The one line each generation request gets (serving/logs.py log_request).
+_REQUEST_LINE = re.compile(r"GenerateImage OK in \S+ \(.*?\) seed=(-?\d+) size=\S+ "
+                           r"steps=\S+ batch=(\d+)")
+
+
+def batch_of_each_seed(log: str) -> dict[int, int]:
+    """{seed: how many requests shared the pipeline call that made it}, from the request
+    log lines of successful GenerateImage calls: the server's own word on which requests
+    really were batched (seeds must be unique in ``log``)."""
+    return {int(seed): int(batch) for seed, batch in _REQUEST_LINE.findall(log)}
+
+
+def simultaneously(calls: Sequence[Callable[[], T]], timeout: float = 300) -> list[T]:
+    """Run ``calls`` on threads released together by a barrier (simultaneous clients); their
+    results in order. An exception in a call is raised here."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = calls[index]()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    if errors:
+        raise errors[0]
+    if any(thread.is_alive() for thread in threads):
+        raise AssertionError(f"a call still ran after {timeout}s")
+    return results
