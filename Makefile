@@ -23,7 +23,7 @@ ifeq ($(BUILD_TYPE),cpu)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 endif
 
-.PHONY: install protogen run demo test lint bench clean
+.PHONY: install protogen run demo test lint typecheck bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ test: install $(DEV_STAMP)
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
+
+# mypy, strict on the package (pyproject.toml [tool.mypy]); test.sh runs it after ruff.
+typecheck: $(DEV_STAMP)
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) bench/bench_registry.py

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Lint, then the whole test suite (offline: tests build tiny pipelines themselves).
+# Lint, type-check, then the whole test suite (offline: tests build tiny pipelines themselves).
 set -euo pipefail
 cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export TOKENIZERS_PARALLELISM=false
 .venv/bin/ruff check .
+.venv/bin/mypy  # strict on the package; configured in pyproject.toml
 exec .venv/bin/python -m pytest "$@"

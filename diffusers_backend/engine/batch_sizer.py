@@ -13,12 +13,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 MEASURED_CALLS = 4  # the first calls are measured; after that the figure is known
 HEADROOM = 0.9
 
 
-def _cuda() -> object | None:
+def _cuda() -> Any:
     """torch.cuda when torch is imported and a CUDA context exists, else None."""
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():

@@ -31,8 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from diffusers_backend.errors import LoadError
-from diffusers_backend.loading.model_ref import PICKLE_SUFFIXES, SINGLE_FILE_SUFFIXES
 from diffusers_backend.loading.spec import LoadSpec
+from diffusers_backend.registry.model_files import PICKLE_SUFFIXES, SINGLE_FILE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _request(url: str, start: int = 0) -> urllib.request.Request:
     return urllib.request.Request(url, headers=headers)
 
 
-def _total_size(response, start: int) -> int | None:
+def _total_size(response: http.client.HTTPResponse, start: int) -> int | None:
     """The whole file's size from a 200 (Content-Length) or 206 (Content-Range) reply."""
     if response.status == 206:
         match = re.match(r"bytes (\d+)-\d+/(\d+)", response.headers.get("Content-Range", ""))

@@ -113,7 +113,7 @@ def keeps_safety_checker(spec: LoadSpec) -> bool:
     return spec.options.get("safety_checker") is True
 
 
-def _declares_safety_checker(cls: type, ref: ModelRef) -> bool:
+def _declares_safety_checker(cls: type[Any], ref: ModelRef) -> bool:
     """Whether loading ``cls`` from ``ref`` would build a safety checker component."""
     import inspect
 

@@ -140,7 +140,7 @@ def _scheduler_class(class_name: str, needs: tuple[str, ...] = ()) -> type:
     return cls
 
 
-def _accepted_init_args(cls: type) -> set[str]:
+def _accepted_init_args(cls: type[Any]) -> set[str]:
     """Parameter names of a scheduler's ``__init__`` (its config keys)."""
     import inspect
 
@@ -156,7 +156,8 @@ def _is_flow_matching(config: dict[str, Any], class_name: str) -> bool:
     )
 
 
-def _resolve(name: str, config: dict[str, Any], current_class: str) -> tuple[type, dict[str, Any]]:
+def _resolve(name: str, config: dict[str, Any],
+             current_class: str) -> tuple[type[Any], dict[str, Any]]:
     """Map a user-given name to (scheduler class, config overrides)."""
     lowered = name.strip().lower()
     karras = lowered.startswith(KARRAS_PREFIX) and lowered[len(KARRAS_PREFIX) :] in _A1111

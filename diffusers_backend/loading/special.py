@@ -21,11 +21,11 @@ from diffusers_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[type, ModelRef, dict[str, Any], LoadSpec, Settings], Any]
+Loader = Callable[[type[Any], ModelRef, dict[str, Any], LoadSpec, Settings], Any]
 
 
 def default_load(
-    cls: type, ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
+    cls: type[Any], ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
 ) -> Any:
     """``from_single_file`` for checkpoints, ``from_pretrained`` for folders and Hub ids."""
     if ref.kind is RefKind.SINGLE_FILE:
@@ -124,7 +124,7 @@ def _load_flux_transformer_weights(ref: ModelRef, dtype: Any, kwargs: dict[str, 
                                                   torch_dtype=dtype)
 
 
-def _flux_on_base(pipeline_cls: type, transformer: Any, dtype: Any, weights: str | None,
+def _flux_on_base(pipeline_cls: type[Any], transformer: Any, dtype: Any, weights: str | None,
                   kwargs: dict[str, Any], settings: Settings) -> Any:
     """A Flux pipeline from ``BFL_REPO`` around ``transformer``; T5 quantized like it."""
     from transformers import T5EncoderModel
@@ -154,7 +154,7 @@ def _flux_on_base(pipeline_cls: type, transformer: Any, dtype: Any, weights: str
 
 
 def load_flux(
-    cls: type, ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
+    cls: type[Any], ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
 ) -> Any:
     """Flux: with ``Quantization`` set, quantize the transformer and T5 with optimum-quanto.
 
@@ -172,7 +172,7 @@ def load_flux(
 
 
 def load_flux_transformer(
-    cls: type, ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
+    cls: type[Any], ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
 ) -> Any:
     """``pipeline_type: FluxTransformer2DModel`` (LocalAI's name): the model is a Flux
     transformer alone, and a FluxPipeline is built around it.
@@ -199,7 +199,7 @@ def load_flux_transformer(
 
 
 def load_wan(
-    cls: type, ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
+    cls: type[Any], ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
 ) -> Any:
     """Wan: keep the VAE in float32 (bf16/fp16 VAEs visibly degrade Wan's video)."""
     if ref.kind is RefKind.SINGLE_FILE:
@@ -215,7 +215,7 @@ def load_wan(
 
 
 def load_sana(
-    cls: type, ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
+    cls: type[Any], ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
 ) -> Any:
     """Sana: published with bf16 weights; load them in bf16 unless a dtype was chosen."""
     import torch
@@ -233,7 +233,7 @@ def load_sana(
 
 
 def load_svd(
-    cls: type, ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
+    cls: type[Any], ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
 ) -> Any:
     """Stable Video Diffusion: chunk the UNet's feed-forward, as diffusers advises for SVD.
 
@@ -271,7 +271,7 @@ def gguf_base_ref(spec: LoadSpec, settings: Settings) -> ModelRef:
     )
 
 
-def _gguf_denoiser(cls: type, base: str) -> tuple[str, type]:
+def _gguf_denoiser(cls: type[Any], base: str) -> tuple[str, type[Any]]:
     """The component a GGUF file replaces in ``cls`` (``transformer``, else ``unet``) and its
     diffusers model class, as the base's model_index.json names it."""
     import inspect
@@ -294,7 +294,7 @@ def _gguf_denoiser(cls: type, base: str) -> tuple[str, type]:
 
 
 def load_gguf(
-    cls: type, ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
+    cls: type[Any], ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
 ) -> Any:
     """A GGUF transformer (city96-style quantized Flux, Wan, LTX, SD 3.5, Qwen-Image, Chroma
     files) inside the pipeline of :func:`gguf_base_ref`.
@@ -361,7 +361,7 @@ def loader_for(class_name: str) -> Loader:
     return SPECIAL_LOADERS.get(class_name, default_load)
 
 
-def component_class(name: str) -> type | None:
+def component_class(name: str) -> type[Any] | None:
     """The diffusers model class a ``pipeline_type`` names, when a loader here builds a
     pipeline around it (case-insensitive, like pipeline names); else None."""
     found = {key.lower(): key for key in COMPONENT_LOADERS}.get(name.strip().lower())
@@ -369,4 +369,5 @@ def component_class(name: str) -> type | None:
         return None
     import diffusers
 
-    return getattr(diffusers, found)
+    found_class: type[Any] = getattr(diffusers, found)
+    return found_class

@@ -164,7 +164,7 @@ def canny_edges(pixels: np.ndarray, low: float = 100.0, high: float = 200.0) -> 
     keep = np.zeros(count + 1, dtype=bool)
     keep[np.unique(labels[strong])] = True
     keep[0] = False
-    edges = keep[labels]
+    edges: np.ndarray = keep[labels]
     edges[[0, -1], :] = False  # OpenCV leaves the one-pixel border empty too
     edges[:, [0, -1]] = False
     return edges

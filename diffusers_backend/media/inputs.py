@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diffusers_backend.errors import InvalidArgument, NotFound, PermissionDenied
 
@@ -95,11 +95,13 @@ def _decode(source: str | bytes, label: str, shown: str, max_pixels: int) -> Ima
             im.load()
             try:
                 # Returns a copy, rotated when the EXIF Orientation tag asks for it.
-                return ImageOps.exif_transpose(im)
+                turned: Image.Image = ImageOps.exif_transpose(im)
+                return turned
             except Exception:
                 # Orientation is cosmetic: a malformed EXIF block must not fail the
                 # request, so keep the image as stored.
-                return im.copy()
+                kept: Image.Image = im.copy()
+                return kept
     except Image.DecompressionBombError as exc:
         # Pillow's own guard fires inside Image.open for sizes far above its default
         # limit, before our check above gets to run; its text names the pixel count.
@@ -108,7 +110,7 @@ def _decode(source: str | bytes, label: str, shown: str, max_pixels: int) -> Ima
             f"{label} image is too large to decode safely ({detail}; this server accepts "
             f"at most {max_pixels} pixels): {shown}"
         ) from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise InvalidArgument(
             f"{label} is not an image file we can read (expected PNG, JPEG, WebP, GIF, BMP "
             f"or TIFF): {shown}"

@@ -24,7 +24,8 @@ _warned_missing = False
 
 # pipe -> {cache key: list of Compel}. Building Compel objects is cheap, but each one
 # encodes an empty prompt the first time a weight is used; keeping them saves that.
-_COMPEL_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple, list[Any]]] = weakref.WeakKeyDictionary()
+_COMPEL_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], list[Any]]] = (
+    weakref.WeakKeyDictionary())
 
 # --------------------------------------------------------------------------- compel setup
 

@@ -5,6 +5,7 @@ family's plain class. Pure: records in, table out (the store keeps the result).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, NamedTuple
 
@@ -97,7 +98,7 @@ class _AliasBuilder:
 
     def _parts(self, name: str) -> int:
         meta = self.info[name]
-        return len(meta["family"]) + meta["extra"] + len(meta["tasks"])
+        return len(meta["family"]) + int(meta["extra"]) + len(meta["tasks"])
 
     def task_rank(self, task: str, name: str) -> _TaskRank:
         rec, meta = self.pipes[name], self.info[name]
@@ -146,7 +147,7 @@ class _AliasBuilder:
             for task in meta["tasks"]:
                 by_task.setdefault(task, []).append(name)
         for task, names in by_task.items():
-            ranked = sorted(names, key=lambda n, t=task: self.task_rank(t, n))
+            ranked = sorted(names, key=functools.partial(self.task_rank, task))
             self.add(task, ranked)
             for synonym in TASK_SYNONYMS.get(task, []):
                 self.add(synonym, ranked)
@@ -160,7 +161,7 @@ class _AliasBuilder:
                 if family[:k] in families:
                     members.setdefault(family[:k], []).append(name)
         for family, names in members.items():
-            ranked = sorted(names, key=lambda n, f=family: self.family_rank(f, n))
+            ranked = sorted(names, key=functools.partial(self.family_rank, family))
             key = norm("".join(family))
             if key in self.display:  # diffusers' "stable-diffusion-3" == our "stable-diffusion3"
                 bucket = self.aliases[self.display[key]]

@@ -5,6 +5,7 @@ prompt, loads single files, is an AutoPipeline; and diffusers' AutoPipeline task
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import sys
@@ -111,7 +112,7 @@ def _takes_prompt(sources: dict[str, dict[str, Any]], name: str,
         return None
     seen.add(name)
     if entry["prompt"] is not None:
-        return entry["prompt"]
+        return bool(entry["prompt"])
     for base in entry["bases"]:
         found = _takes_prompt(sources, base, seen)
         if found is not None:
@@ -126,13 +127,13 @@ def build_records() -> dict[str, Any]:
     top = getattr(diffusers, "_class_to_module", None)
     pipelines_mod = sys.modules.get("diffusers.pipelines")
     if pipelines_mod is None:
-        import diffusers.pipelines as pipelines_mod  # noqa: F811
+        pipelines_mod = importlib.import_module("diffusers.pipelines")
     sub = getattr(pipelines_mod, "_class_to_module", None)
     if not isinstance(top, dict) or not isinstance(sub, dict):
         logger.warning("diffusers has no lazy import structure; falling back to a full scan")
         return _build_records_by_import()
 
-    pipelines_dir = Path(pipelines_mod.__file__).parent
+    pipelines_dir = Path(str(pipelines_mod.__file__)).parent
     sources = _scan_sources(pipelines_dir)
 
     pipelines: dict[str, dict[str, Any]] = {}

@@ -3,10 +3,10 @@ inspects pipeline signatures (request building, option checks, loading, warm-up)
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _NEEDS_IMAGE = re.compile(
     r"Img2Img|ImageToImage|Inpaint|ControlNet|Upscale|InstructPix2Pix|Variation"
@@ -26,9 +26,19 @@ class CallSignature:
         return name in self.params
 
 
-@functools.lru_cache(maxsize=256)
-def call_signature(cls: type) -> CallSignature:
-    """Inspect a pipeline class once; cached because it runs on every request."""
+_signatures: dict[type[Any], CallSignature] = {}
+
+
+def call_signature(cls: type[Any]) -> CallSignature:
+    """Inspect a pipeline class once; cached because it runs on every request (a race only
+    inspects a class twice)."""
+    found = _signatures.get(cls)
+    if found is None:
+        found = _signatures[cls] = _inspect(cls)
+    return found
+
+
+def _inspect(cls: type[Any]) -> CallSignature:
     parameters = inspect.signature(cls.__call__).parameters
     names = frozenset(n for n in parameters if n != "self")
     var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())

@@ -22,7 +22,7 @@ from diffusers_backend.registry.scan import build_records
 MAX_SUGGESTIONS = 5
 
 
-class LazyPipelineRegistry(Mapping[str, type]):
+class LazyPipelineRegistry(Mapping[str, type[Any]]):
     """Read-only mapping of pipeline name -> class whose values are imported on first access.
 
     Keys are known without importing anything; ``registry[name]`` imports just that class.
@@ -32,10 +32,10 @@ class LazyPipelineRegistry(Mapping[str, type]):
 
     def __init__(self, modules: Mapping[str, str], lock: threading.RLock) -> None:
         self._modules = dict(modules)  # name -> defining module (from the records)
-        self._classes: dict[str, type | None] = dict.fromkeys(sorted(modules))
+        self._classes: dict[str, type[Any] | None] = dict.fromkeys(sorted(modules))
         self._lock = lock
 
-    def __getitem__(self, name: str) -> type:
+    def __getitem__(self, name: str) -> type[Any]:
         value = self._classes[name]
         if value is None:
             with self._lock:
@@ -43,7 +43,7 @@ class LazyPipelineRegistry(Mapping[str, type]):
                 self._classes[name] = value
         return value
 
-    def _import(self, name: str) -> type:
+    def _import(self, name: str) -> type[Any]:
         """Import one pipeline class (through diffusers' lazy top level)."""
         import diffusers
 
@@ -64,7 +64,7 @@ class LazyPipelineRegistry(Mapping[str, type]):
     def __len__(self) -> int:
         return len(self._classes)
 
-    def copy(self) -> dict[str, type]:
+    def copy(self) -> dict[str, type[Any]]:
         """A plain dict of every class (imports them all), the caller's to change."""
         return dict(self.items())
 

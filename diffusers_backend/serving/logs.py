@@ -93,7 +93,7 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
     name = args.thread.name if args.thread is not None else "?"
     logging.getLogger("diffusers_backend").error(
         "uncaught exception in thread %s", name,
-        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        exc_info=args.exc_value)  # its __traceback__ is args.exc_traceback
 
 
 def _seconds(value: float | None) -> str:

@@ -191,7 +191,8 @@ def start_http(metrics: Metrics, addr: str, token: str) -> tuple[WSGIServer, str
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_class = type("MetricsServer", (_ThreadingServer,), {"address_family": family})
     app = guarded_app(make_wsgi_app(metrics.registry), token)
-    httpd = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+    httpd: Any = make_server(host, port, app, server_class=server_class,
+                             handler_class=_QuietHandler)
     bound_port = httpd.server_address[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     url = f"http://{shown}:{bound_port}/metrics"

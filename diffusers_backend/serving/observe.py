@@ -31,7 +31,7 @@ def _code_name(context: grpc.ServicerContext, response: Any) -> str:
     """The status the client gets: what abort/set_code set, else OK or UNKNOWN."""
     code = getattr(context, "code", lambda: None)()
     if isinstance(code, grpc.StatusCode):
-        return code.name
+        return str(code.name)
     return "OK" if response is not None else "UNKNOWN"
 
 

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
@@ -110,7 +111,7 @@ class DispatchInterceptor(grpc.ServerInterceptor):
                 break
         return hmac.compare_digest(given, self._expected)
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
@@ -153,7 +154,8 @@ def warm_imports(done: threading.Event) -> None:
         done.set()
 
 
-def watch_parent(interval: float, on_orphaned, original: int | None = None) -> None:
+def watch_parent(interval: float, on_orphaned: Callable[[], object],
+                 original: int | None = None) -> None:
     """Exit when the host that started us is gone (our parent pid changes).
 
     ``original`` is the parent pid read at process start, so a host that dies while we

@@ -8,6 +8,7 @@ message, which is what the host reads for that call.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -57,7 +58,7 @@ def spec_from_options(request: Any) -> LoadSpec:
     )
 
 
-def _cancel_probe(context: grpc.ServicerContext):
+def _cancel_probe(context: grpc.ServicerContext) -> Callable[[], bool]:
     """A cheap check the pipeline's step callback runs: has the client gone?"""
     return lambda: not context.is_active()
 
@@ -68,11 +69,11 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
     def __init__(self, runtime: ModelRuntime) -> None:
         self.runtime = runtime
 
-    def Health(self, request, context):  # noqa: N802 - gRPC method names
+    def Health(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC method names
         return backend_pb2.Reply(message=b"OK")
 
     @grpc_method
-    def Status(self, request, context):  # noqa: N802
+    def Status(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         total, breakdown = self.runtime.memory()
         return backend_pb2.StatusResponse(
             state=int(self.runtime.state),
@@ -80,13 +81,13 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         )
 
     @grpc_method
-    def Free(self, request, context):  # noqa: N802
+    def Free(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         had_model = self.runtime.free()
         message = "model freed" if had_model else "no model was loaded"
         return backend_pb2.Result(message=message, success=True)
 
     @grpc_method
-    def LoadModel(self, request, context):  # noqa: N802
+    def LoadModel(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         try:
             spec = spec_from_options(request)
             loaded = self.runtime.load(spec)
@@ -106,7 +107,7 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         return backend_pb2.Result(message=message, success=True)
 
     @grpc_method
-    def GenerateImage(self, request, context):  # noqa: N802
+    def GenerateImage(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         self.runtime.check_identity(request.ModelIdentity)
         job = ImageJob(
             prompt=request.positive_prompt,
@@ -125,7 +126,7 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         return backend_pb2.Result(message=message, success=True)
 
     @grpc_method
-    def GenerateVideo(self, request, context):  # noqa: N802
+    def GenerateVideo(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         self.runtime.check_identity(request.ModelIdentity)
         job = VideoJob(
             prompt=request.prompt,
@@ -146,7 +147,7 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         return backend_pb2.Result(message=message, success=True)
 
     @grpc_method
-    def UpscaleImage(self, request, context):  # noqa: N802
+    def UpscaleImage(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         job = UpscaleJob(src=request.src, dst=request.dst, scale=request.scale)
         message = self.runtime.upscale(job, _cancel_probe(context))
         return backend_pb2.Result(message=message, success=True)

@@ -109,10 +109,11 @@ def make_generator(seed: int) -> Any:
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def cancel_callback(is_cancelled: IsCancelled) -> Callable[..., dict]:
+def cancel_callback(is_cancelled: IsCancelled) -> Callable[..., dict[str, Any]]:
     """A step callback that stops the denoising loop once the client has gone."""
 
-    def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+    def on_step_end(pipe: Any, step: int, timestep: Any,
+                    callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         if is_cancelled():
             raise Cancelled(f"request cancelled by the client at step {step + 1}")
         return callback_kwargs
@@ -135,7 +136,8 @@ def allowed(enabled: set[str] | None, name: str) -> bool:
     return enabled is None or name not in FILTERABLE or name in enabled
 
 
-def accepted_kwargs(kwargs: dict[str, Any], sig: CallSignature, enabled: set[str] | None) -> dict:
+def accepted_kwargs(kwargs: dict[str, Any], sig: CallSignature,
+                    enabled: set[str] | None) -> dict[str, Any]:
     out = {}
     for key, value in kwargs.items():
         if value is None:

@@ -19,13 +19,13 @@ from diffusers_backend import media, prompts
 from diffusers_backend.errors import InvalidArgument
 from diffusers_backend.loading.pipeline_loader import LoadedPipeline
 from diffusers_backend.media.control import preprocess_control
+from diffusers_backend.registry.signatures import call_signature
 from diffusers_backend.settings import Settings
 from diffusers_backend.tasks.calls import (
     DEFAULT_IMG2IMG_STRENGTH,
     IsCancelled,
     accepted_kwargs,
     allowed,
-    call_signature,
     cancel_callback,
     check_size,
     check_steps,
@@ -82,7 +82,7 @@ class ImagePlan:
         """Validate again against another model (one was loaded while this one waited)."""
         return plan_image(loaded, self.job, self.settings)
 
-    def batch_key(self) -> tuple | None:
+    def batch_key(self) -> tuple[Any, ...] | None:
         """Plans with equal keys share one pipeline call; None: this one runs alone.
 
         Only plain text-to-image batches: prompts, negative prompts and generators become

@@ -9,11 +9,11 @@ from typing import Any
 from diffusers_backend import media
 from diffusers_backend.errors import InvalidArgument
 from diffusers_backend.loading.pipeline_loader import LoadedPipeline
+from diffusers_backend.registry.signatures import call_signature
 from diffusers_backend.settings import Settings
 from diffusers_backend.tasks.calls import (
     IsCancelled,
     accepted_kwargs,
-    call_signature,
     cancel_callback,
     make_generator,
     model_defaults,

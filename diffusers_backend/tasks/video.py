@@ -11,13 +11,12 @@ from diffusers_backend import media, prompts
 from diffusers_backend.errors import InvalidArgument
 from diffusers_backend.loading.pipeline_loader import LoadedPipeline
 from diffusers_backend.loading.spec import parse_option_value
+from diffusers_backend.registry.signatures import CallSignature, call_signature
 from diffusers_backend.settings import Settings
 from diffusers_backend.tasks.calls import (
     DEFAULT_STEPS,
-    CallSignature,
     IsCancelled,
     accepted_kwargs,
-    call_signature,
     cancel_callback,
     check_size,
     check_steps,
@@ -181,7 +180,7 @@ def plan_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings) -> Vid
         start = _resized(start, width, height)
     elif multiple > size_multiple(pipe):
         width, height, note = _snap(width, height, multiple, note)
-    own = video_defaults(type(pipe))
+    own = video_defaults(pipe.__class__)
     steps = (job.steps or option_int(loaded, "num_inference_steps") or own.steps
              or DEFAULT_STEPS)
     return VideoPlan(job=job, loaded=loaded, settings=settings,

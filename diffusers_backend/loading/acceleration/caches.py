@@ -108,7 +108,7 @@ def apply_cache(pipe: Any, options: dict[str, Any]) -> str:
         what = "a UNet (use cache:deepcache)" if getattr(pipe, "unet", None) is not None \
             else "no denoiser that supports diffusers' cache hooks"
         raise _refuse(kind, pipe, f"it has {what}")
-    if not pipeline_sets_cache_context(type(pipe)):
+    if not pipeline_sets_cache_context(pipe.__class__):
         raise _refuse(kind, pipe, "its denoising loop sets no cache context")
     try:
         denoiser.enable_cache(_config(kind, value, pipe))
