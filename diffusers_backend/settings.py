@@ -58,6 +58,11 @@ class Settings:
     warnings: tuple[str, ...] = ()
     metrics_addr: str = ""
     log_format: str = "text"
+    # DIFFUSERS_ALLOWED_PATHS etc.: limits on what requests may name and send (docs/security.md)
+    allowed_paths: tuple[str, ...] = ()  # empty = anywhere
+    max_prompt_chars: int = 100_000
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_inpaint_json_bytes: int = 32 * 1024 * 1024
 
     def __repr__(self) -> str:  # never print the token
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -159,6 +164,15 @@ def parse_log_format(name: str, raw: str) -> str:
     if value not in {"text", "json"}:
         raise SettingsError(f"{name} must be text or json, got {value!r}")
     return value
+
+
+def parse_allowed_paths(name: str, raw: str) -> tuple[str, ...]:
+    """Absolute folders joined by ``:`` (a folder that does not exist yet is kept)."""
+    roots = tuple(part.strip() for part in raw.split(":") if part.strip())
+    for root in roots:
+        if not os.path.isabs(os.path.expanduser(root)):
+            raise SettingsError(f"{name} must hold absolute folders joined by ':', got {root!r}")
+    return roots
 
 
 def parse_metrics_addr(raw: str, name: str = "DIFFUSERS_METRICS_ADDR") -> str:
@@ -276,6 +290,16 @@ ENV_VARS: tuple[EnvVar, ...] = (
         raw, name), "serve Prometheus metrics at `http://HOST:PORT/metrics`; a bare port means "
            "`127.0.0.1:PORT`; needs the bearer token when `LOCALAI_GRPC_AUTH_TOKEN` is set",
            default="empty (off)"),
+    EnvVar("DIFFUSERS_ALLOWED_PATHS", "allowed_paths", parse_allowed_paths, "folders "
+           "(absolute, joined by `:`) every file a request or model names must resolve under, "
+           "links followed; others are PERMISSION_DENIED (docs/security.md); recommended for "
+           "any non-loopback bind", default="empty (anywhere)"),
+    EnvVar("DIFFUSERS_MAX_PROMPT_CHARS", "max_prompt_chars", int_parser(1), "longest prompt "
+           "or negative prompt accepted, in characters"),
+    EnvVar("DIFFUSERS_MAX_REQUEST_BYTES", "max_request_bytes", int_parser(64 * 1024),
+           "largest gRPC request accepted (the host sends paths and prompts, not data)"),
+    EnvVar("DIFFUSERS_MAX_INPAINT_JSON_BYTES", "max_inpaint_json_bytes", int_parser(1024),
+           "largest inpainting JSON file read (the host sends image and mask as files too)"),
     # Read where they are used (no Settings field), documented here with the rest.
     EnvVar("DIFFUSERS_LOADER_CACHE_DIR", "", None, "where the pipeline registry cache lives",
            default="`~/.cache/localai-diffusers`"),

@@ -11,19 +11,35 @@ import os
 from pathlib import Path
 from typing import Any
 
-from diffusers_backend.errors import LoadError, short_message
+from diffusers_backend.errors import BackendError, LoadError, short_message
+from diffusers_backend.loading import path_guard, weight_guard
 from diffusers_backend.loading.spec import LoadSpec
 
 log = logging.getLogger(__name__)
 
 
-def _local_path(name: str, model_path: str) -> Path | None:
+def _local_path(name: str, model_path: str, what: str, safetensors_only: bool) -> Path | None:
+    """The file or folder ``name`` means on disk (None: a Hub id), checked before any load:
+    inside the allowed folders, a regular file or a folder, and no pickle under SAFETENSORS.
+    """
     path = Path(os.path.expanduser(name))
     candidates = [path] if path.is_absolute() else [Path(model_path) / path, path]
+    if path.is_absolute() or name.startswith((".", "~")):
+        path_guard.confine(name, what)  # before looking: no probing outside the folders
     for candidate in candidates:
-        if candidate.exists():
+        if path_guard.lookup(str(candidate)) is not None or candidate.is_symlink():
+            path_guard.confine(str(candidate), what)
+            if candidate.is_dir():
+                weight_guard.check_weight_folder(str(candidate), what, safetensors_only)
+            else:
+                weight_guard.check_weight_file(str(candidate), what, safetensors_only)
             return candidate
     return None
+
+
+def _strict(safetensors_only: bool) -> dict[str, Any]:
+    """Loader keywords that forbid a fall-back to pickle weights under SAFETENSORS."""
+    return {"use_safetensors": True} if safetensors_only else {}
 
 
 def lora_plan(spec: LoadSpec) -> list[tuple[str, float]]:
@@ -39,7 +55,7 @@ def lora_plan(spec: LoadSpec) -> list[tuple[str, float]]:
     return plan
 
 
-def load_loras(pipe: Any, spec: LoadSpec) -> list[str]:
+def load_loras(pipe: Any, spec: LoadSpec, safetensors_only: bool = True) -> list[str]:
     """Load every LoRA of the spec as a named adapter and set their weights."""
     plan = lora_plan(spec)
     if not plan:
@@ -48,20 +64,21 @@ def load_loras(pipe: Any, spec: LoadSpec) -> list[str]:
         raise LoadError(f"{type(pipe).__name__} does not support LoRA adapters")
     names: list[str] = []
     for index, (reference, _scale) in enumerate(plan):
-        local = _local_path(reference, spec.model_path)
         adapter_name = f"lora_{index}"
+        strict = _strict(safetensors_only)
         try:
+            local = _local_path(reference, spec.model_path, "LoRA", safetensors_only)
             if local is not None and local.is_file():
                 pipe.load_lora_weights(str(local.parent), weight_name=local.name,
-                                       adapter_name=adapter_name)
+                                       adapter_name=adapter_name, **strict)
             elif local is not None:
-                pipe.load_lora_weights(str(local), adapter_name=adapter_name)
+                pipe.load_lora_weights(str(local), adapter_name=adapter_name, **strict)
             elif os.path.isabs(reference) or reference.endswith((".safetensors", ".bin")):
-                raise LoadError(f"LoRA file not found: {reference} (models folder: "
-                                f"{spec.model_path or 'not set'})")
+                raise LoadError(f"LoRA file not found: {path_guard.shown(reference)} (models "
+                                f"folder: {spec.model_path or 'not set'})")
             else:
-                pipe.load_lora_weights(reference, adapter_name=adapter_name)
-        except LoadError:
+                pipe.load_lora_weights(reference, adapter_name=adapter_name, **strict)
+        except BackendError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported to the user with the path
             raise LoadError(
@@ -73,29 +90,31 @@ def load_loras(pipe: Any, spec: LoadSpec) -> list[str]:
     return names
 
 
-def load_controlnet(spec: LoadSpec, dtype: Any, extra: dict[str, Any]) -> Any:
+def load_controlnet(spec: LoadSpec, dtype: Any, extra: dict[str, Any],
+                    safetensors_only: bool = True) -> Any:
     """Load the ControlNet model named by the spec (folder or Hub id)."""
     from diffusers import ControlNetModel
 
-    local = _local_path(spec.controlnet, spec.model_path)
+    local = _local_path(spec.controlnet, spec.model_path, "ControlNet", safetensors_only)
     reference = str(local) if local is not None else spec.controlnet
     try:
         if local is not None and local.is_file():
             return ControlNetModel.from_single_file(reference, torch_dtype=dtype)
-        return ControlNetModel.from_pretrained(reference, torch_dtype=dtype, **extra)
+        return ControlNetModel.from_pretrained(reference, torch_dtype=dtype,
+                                               **{**extra, **_strict(safetensors_only)})
     except Exception as exc:  # noqa: BLE001
         raise LoadError(
             f"could not load ControlNet {spec.controlnet}: {short_message(exc)}"
         ) from exc
 
 
-def load_clip_text_encoder(spec: LoadSpec, dtype: Any) -> Any:
+def load_clip_text_encoder(spec: LoadSpec, dtype: Any, safetensors_only: bool = True) -> Any:
     """``CLIPModel``/``CLIPSubfolder``: a replacement text encoder for the pipeline."""
     from transformers import CLIPTextModel
 
-    local = _local_path(spec.clip_model, spec.model_path)
+    local = _local_path(spec.clip_model, spec.model_path, "CLIP model", safetensors_only)
     reference = str(local) if local is not None else spec.clip_model
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, **_strict(safetensors_only)}
     if spec.clip_subfolder:
         kwargs["subfolder"] = spec.clip_subfolder
     try:

@@ -25,6 +25,11 @@ from diffusers_backend.loading.model_ref import (
 )
 from diffusers_backend.loading.options_table import FROM_PRETRAINED_KEYS
 from diffusers_backend.loading.spec import LoadSpec
+from diffusers_backend.loading.weight_guard import (
+    check_model_location,
+    check_model_names,
+    refuse_pickle_kwargs,
+)
 from diffusers_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -158,6 +163,7 @@ def build_load_kwargs(spec: LoadSpec, ref: ModelRef, settings: Settings, dtype: 
         if isinstance(kwargs.get(key), str):
             kwargs[key] = _local_or_hub(kwargs[key], spec.model_path)
     kwargs.update(spec.engine_args)
+    refuse_pickle_kwargs(kwargs, settings.safetensors_only)
     for key in REMOTE_CODE_KEYS:
         if (load_options.get(key) or kwargs.get(key)) and not settings.allow_remote_code:
             raise LoadError(
@@ -187,7 +193,8 @@ def build_load_kwargs(spec: LoadSpec, ref: ModelRef, settings: Settings, dtype: 
     if cls is not None:
         kwargs.update(_safety_checker_kwargs(cls, ref, spec))
     if spec.clip_model:
-        kwargs["text_encoder"] = adapters.load_clip_text_encoder(spec, dtype)
+        kwargs["text_encoder"] = adapters.load_clip_text_encoder(spec, dtype,
+                                                                 settings.safetensors_only)
     return kwargs
 
 
@@ -239,9 +246,11 @@ def _denoiser_dtype_name(pipe: Any, asked: str) -> str:
 
 def _find(spec: LoadSpec, settings: Settings) -> tuple[LoadSpec, ModelRef, type]:
     """What to load and as which class: a URL fetched once, the reference, the class."""
+    check_model_names(spec)
     spec = download.fetch_url_model(spec, settings.safetensors_only)  # a URL: fetch it once
     ref = resolve_model_ref(spec.model, spec.model_file, spec.model_path,
                             safetensors_only=settings.safetensors_only)
+    check_model_location(ref, settings.safetensors_only)
     if ref.kind is RefKind.HUB and hub.unreachable() and not hub.is_cached(ref.location):
         # no Hub and no cached copy: say so now, not after the library's retries
         raise LoadError(missing_model_message(spec.model, spec.model_file, spec.model_path))
@@ -347,9 +356,9 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     controlnet = None
     if spec.controlnet:
         extra = {k: kwargs[k] for k in ("use_safetensors",) if k in kwargs}
-        controlnet = adapters.load_controlnet(spec, dtype, extra)
+        controlnet = adapters.load_controlnet(spec, dtype, extra, settings.safetensors_only)
     pipe = _as_task_variant(pipe, spec, controlnet)
-    lora_names = adapters.load_loras(pipe, spec)
+    lora_names = adapters.load_loras(pipe, spec, settings.safetensors_only)
     description = placement.apply_memory_modes(pipe, spec, settings, device)
     speed_notes = acceleration.apply_speed_options(pipe, spec)
     if speed_notes:

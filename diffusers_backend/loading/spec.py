@@ -7,6 +7,7 @@ that (resolution, loading, runtime) works on this object and never sees protobuf
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,8 +156,8 @@ class LoadSpec:
                 f"lora_scales has {len(self.lora_scales)} values but lora_adapters has "
                 f"{len(self.lora_adapters)}; give one scale per adapter or none"
             )
-        if self.cfg_scale < 0:
-            raise LoadError(f"cfg_scale must not be negative, got {self.cfg_scale}")
+        if not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
+            raise LoadError(f"cfg_scale must be a finite number, 0 or more, got {self.cfg_scale}")
         options_table.validate_options(self.options)
         from diffusers_backend.media.control import check_control_options
 

@@ -11,14 +11,15 @@ import binascii
 import io
 import json
 import os
-import stat
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from diffusers_backend.errors import InvalidArgument, NotFound, PermissionDenied
+from diffusers_backend.errors import BackendError, InvalidArgument, NotFound, PermissionDenied
+from diffusers_backend.loading import path_guard
+from diffusers_backend.settings import DEFAULTS
 
 # Raster formats a user upload can reasonably be in. An allowlist keeps plugins such as
 # EPS (which shells out to Ghostscript) or exotic scientific formats away from user data.
@@ -29,6 +30,7 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
 _DIRECT_MODES = {"1", "L", "P", "RGB", "CMYK", "YCbCr", "LAB", "HSV"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
+DEFAULT_MAX_INPAINT_JSON_BYTES = DEFAULTS.max_inpaint_json_bytes
 # How much of a file is_inpaint_json reads to decide.
 _SNIFF_BYTES = 4096
 
@@ -43,25 +45,8 @@ def _image_formats() -> list[str]:
 
 
 def _stat_input(path: str, label: str) -> None:
-    """Answer NOT_FOUND / PERMISSION_DENIED / INVALID_ARGUMENT before opening a path."""
-    if not path or not path.strip():
-        raise InvalidArgument(f"{label} is empty: give the path of an image file")
-    if "\x00" in path:
-        raise InvalidArgument(f"{label} path contains a NUL byte: {path!r}")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise NotFound(f"{label} image not found: {path}") from None
-    except NotADirectoryError:
-        raise NotFound(f"{label} image not found (a parent is not a folder): {path}") from None
-    except PermissionError:
-        raise PermissionDenied(
-            f"{label} image cannot be read (permission denied): {path}"
-        ) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InvalidArgument(f"{label} is a folder, not an image file: {path}")
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidArgument(f"{label} is not a regular file: {path}")
+    """NOT_FOUND / PERMISSION_DENIED / INVALID_ARGUMENT before anything opens a path."""
+    path_guard.check_file(path, label, "image")
 
 
 def check_input_path(path: str, *, field: str = "src") -> None:
@@ -72,7 +57,8 @@ def check_input_path(path: str, *, field: str = "src") -> None:
     """
     _stat_input(path, field)
     if not os.access(path, os.R_OK):
-        raise PermissionDenied(f"{field} image cannot be read (permission denied): {path}")
+        raise PermissionDenied(
+            f"{field} image cannot be read (permission denied): {path_guard.shown(path)}")
 
 
 def _decode(source: str | bytes, label: str, shown: str, max_pixels: int) -> Image.Image:
@@ -81,7 +67,17 @@ def _decode(source: str | bytes, label: str, shown: str, max_pixels: int) -> Ima
     ``source`` is a path or the encoded bytes; ``shown`` is what messages call it.
     The pixel limit is checked on the header's size, before any pixel data is read.
     """
-    fp: Any = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        fp: Any = (io.BytesIO(source) if isinstance(source, bytes)
+                   else path_guard.open_file(source, label, "image"))
+    except FileNotFoundError:
+        raise NotFound(f"{label} image not found: {shown}") from None
+    with fp:
+        return _decode_open(fp, label, shown, max_pixels)
+
+
+def _decode_open(fp: Any, label: str, shown: str, max_pixels: int) -> Image.Image:
+    """:func:`_decode` on an open file."""
     try:
         with Image.open(fp, formats=_image_formats()) as im:
             width, height = im.size
@@ -179,9 +175,8 @@ def open_image(path: str, *, field: str = "src", max_pixels: int) -> Image.Image
     EXIF orientation is applied so phone photos come out upright; transparency is
     flattened onto white.
     """
-    _stat_input(path, field)
-    image = _decode(path, field, path, max_pixels)
-    return _to_mode(image, "RGB", 255, field, path)
+    image = _decode(path, field, path_guard.shown(path), max_pixels)
+    return _to_mode(image, "RGB", 255, field, path_guard.shown(path))
 
 
 def open_mask(path: str, *, field: str = "mask", max_pixels: int) -> Image.Image:
@@ -190,9 +185,8 @@ def open_mask(path: str, *, field: str = "mask", max_pixels: int) -> Image.Image
     Transparency is flattened onto black, so a painted-on-transparent mask repaints
     only what was painted.
     """
-    _stat_input(path, field)
-    image = _decode(path, field, path, max_pixels)
-    return _to_mode(image, "L", 0, field, path)
+    image = _decode(path, field, path_guard.shown(path), max_pixels)
+    return _to_mode(image, "L", 0, field, path_guard.shown(path))
 
 
 def is_inpaint_json(path: str) -> bool:
@@ -201,13 +195,11 @@ def is_inpaint_json(path: str) -> bool:
     True when the file's first non-blank character is ``{``. Unreadable or missing
     paths answer False, so the image opener reports them with the right status.
     """
-    if not path or "\x00" in path:
-        return False
     try:
-        with open(path, "rb") as fh:
+        with path_guard.open_file(path, "src") as fh:
             head = fh.read(_SNIFF_BYTES)
-    except OSError:
-        return False
+    except (BackendError, OSError):
+        return False  # the image opener reports it with the right status
     head = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
     return head.startswith(b"{")
 
@@ -243,46 +235,45 @@ def _b64_image_bytes(value: Any, key: str, src: str) -> bytes:
     return data
 
 
-def _read_inpaint_json(src: str, max_pixels: int) -> dict[str, Any]:
-    """Read and parse the inpainting JSON file, with a size cap tied to the pixel limit."""
-    # An encoded image is at most about raw RGBA size; base64 adds a third. Allow 2x that.
-    max_bytes = 2 * ((4 * max_pixels * 4) // 3) + (1 << 20)
-    try:
-        size = os.path.getsize(src)
+def _read_inpaint_json(src: str, max_bytes: int) -> dict[str, Any]:
+    """Read and parse the inpainting JSON file, refusing one above ``max_bytes`` unread.
+
+    The host also sends the image and mask as files (ref_images); the JSON repeats them in
+    base64, so a modest cap loses nothing while a huge file cannot take gigabytes to parse.
+    """
+    shown = path_guard.shown(src)
+    with path_guard.open_file(src, "src", "inpainting JSON") as fh:
+        size = os.fstat(fh.fileno()).st_size
         if size > max_bytes:
             raise InvalidArgument(
-                f"inpainting JSON is {size} bytes, more than the {max_bytes} bytes that "
-                f"images of at most {max_pixels} pixels need: {src}"
-            )
-        with open(src, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        raise NotFound(f"src inpainting JSON not found: {src}") from None
-    except PermissionError:
-        raise PermissionDenied(
-            f"src inpainting JSON cannot be read (permission denied): {src}"
-        ) from None
+                f"inpainting JSON is {size} bytes, above the limit of {max_bytes} "
+                f"(DIFFUSERS_MAX_INPAINT_JSON_BYTES): {shown}")
+        raw = fh.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise InvalidArgument(f"inpainting JSON grew past the limit of {max_bytes} bytes "
+                              f"(DIFFUSERS_MAX_INPAINT_JSON_BYTES) while read: {shown}")
     try:
         obj = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
-        raise InvalidArgument(f"src inpainting JSON is not UTF-8 text: {src}") from None
+        raise InvalidArgument(f"src inpainting JSON is not UTF-8 text: {shown}") from None
     except json.JSONDecodeError as exc:
         raise InvalidArgument(
             f"src inpainting JSON is not valid JSON ({exc.msg} at line {exc.lineno} "
-            f"column {exc.colno}): {src}"
+            f"column {exc.colno}): {shown}"
         ) from None
     except RecursionError:
-        raise InvalidArgument(f"src inpainting JSON is nested too deeply: {src}") from None
+        raise InvalidArgument(f"src inpainting JSON is nested too deeply: {shown}") from None
     if not isinstance(obj, dict):
         raise InvalidArgument(
             f'src inpainting JSON must be an object with "image" and "mask_image", '
-            f"got {type(obj).__name__}: {src}"
+            f"got {type(obj).__name__}: {shown}"
         )
     return obj
 
 
 def load_inpaint_inputs(
-    src: str, ref_images: Sequence[str], *, max_pixels: int
+    src: str, ref_images: Sequence[str], *, max_pixels: int,
+    max_json_bytes: int = DEFAULT_MAX_INPAINT_JSON_BYTES,
 ) -> tuple[Image.Image, Image.Image] | None:
     """Return ``(image RGB, mask L)`` for an inpainting request, or None for any other.
 
@@ -294,18 +285,18 @@ def load_inpaint_inputs(
     """
     if not src or not is_inpaint_json(src):
         return None
-    obj = _read_inpaint_json(src, max_pixels)
+    obj = _read_inpaint_json(src, max_json_bytes)
     refs = [r for r in (ref_images or []) if r]
     have_refs = len(refs) >= 2
 
     def pick(key: str, index: int, as_mask: bool) -> Image.Image:
         value = obj.get(key)
         if value is not None and value != "":
-            data = _b64_image_bytes(value, key, src)
+            data = _b64_image_bytes(value, key, path_guard.shown(src))
             label = f'inpainting JSON field "{key}"'
-            image = _decode(data, label, src, max_pixels)
+            image = _decode(data, label, path_guard.shown(src), max_pixels)
             mode, background = ("L", 0) if as_mask else ("RGB", 255)
-            return _to_mode(image, mode, background, label, src)
+            return _to_mode(image, mode, background, label, path_guard.shown(src))
         if have_refs:
             field = f"ref_images[{index}]"
             if as_mask:
@@ -313,7 +304,7 @@ def load_inpaint_inputs(
             return open_image(refs[index], field=field, max_pixels=max_pixels)
         raise InvalidArgument(
             f'inpainting JSON has no "{key}" field and ref_images does not hold '
-            f"[image, mask] to fall back on: {src}"
+            f"[image, mask] to fall back on: {path_guard.shown(src)}"
         )
 
     image = pick("image", 0, as_mask=False)
@@ -321,7 +312,7 @@ def load_inpaint_inputs(
     if image.size != mask.size:
         raise InvalidArgument(
             f"inpainting image is {image.size[0]}x{image.size[1]} but the mask is "
-            f"{mask.size[0]}x{mask.size[1]}; they must be the same size ({src})"
+            f"{mask.size[0]}x{mask.size[1]}; they must be the same size ({path_guard.shown(src)})"
         )
     return image, mask
 

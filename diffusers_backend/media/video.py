@@ -85,10 +85,10 @@ def write_video_atomic(frames: Sequence[Any] | np.ndarray, dst: str, fps: int,
                        audio: Any = None, sample_rate: int = 0) -> None:
     """Encode frames as an H.264 MP4 at ``dst``, atomically like write_png_atomic.
 
-    ffmpeg picks the container from the file name, so the temp file ends in ``.mp4``
-    whatever ``dst`` is called; it is renamed onto ``dst`` only once complete. With
-    ``audio`` (a waveform, see :func:`audio_samples`) the file gets an AAC track at
-    ``sample_rate`` beside the video (muxed with PyAV).
+    The temp file is renamed onto ``dst`` only once complete. With ``audio`` (a waveform,
+    see :func:`audio_samples`) the file gets an AAC track at ``sample_rate`` beside the
+    video. Encoding runs in this process (PyAV): starting an ffmpeg process would fork the
+    multithreaded gRPC server, which gRPC does not survive reliably.
     """
     path = check_output_path(dst, probe=False)
     seq = _frame_sequence(frames)
@@ -96,38 +96,14 @@ def write_video_atomic(frames: Sequence[Any] | np.ndarray, dst: str, fps: int,
         raise InvalidArgument("no video frames to write")
     if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)) or fps < 1:
         raise InvalidArgument(f"fps must be a positive whole number, got {fps!r}")
+    samples = None
     if audio is not None:
         samples = audio_samples(audio)
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
                 or not 1000 <= sample_rate <= 384_000:
             raise InvalidArgument(f"audio sample rate must be 1000..384000 Hz, got {sample_rate!r}")
-        _write_atomically(path, ".partial.mp4",
-                          lambda tmp: _mux_with_audio(tmp, seq, int(fps), samples,
-                                                      int(sample_rate)))
-        return
-
-    import imageio.v2 as iio  # lazy: pulls in the ffmpeg plugin only for video
-
-    def encode(tmp: str) -> None:
-        writer = iio.get_writer(
-            tmp,
-            format="FFMPEG",
-            mode="I",
-            fps=int(fps),
-            codec="libx264",
-            pixelformat="yuv420p",
-            quality=7,
-            macro_block_size=1,  # we pad to even sizes ourselves; no rescaling
-            output_params=["-movflags", "+faststart"],
-            ffmpeg_log_level="error",
-        )
-        try:
-            for arr in _even_frames(seq):
-                writer.append_data(arr)
-        finally:
-            writer.close()
-
-    _write_atomically(path, ".partial.mp4", encode)
+    _write_atomically(path, ".partial.mp4",
+                      lambda tmp: _encode_mp4(tmp, seq, int(fps), samples, int(sample_rate)))
 
 
 def audio_samples(audio: Any) -> np.ndarray:
@@ -154,25 +130,29 @@ def audio_samples(audio: Any) -> np.ndarray:
     return np.ascontiguousarray(np.clip(arr[:2], -1.0, 1.0))
 
 
-def _mux_with_audio(tmp: str, frames: Sequence[Any], fps: int, samples: np.ndarray,
-                    sample_rate: int) -> None:
-    """Write H.264 video (yuv420p, ``fps``) and AAC audio into one MP4 with PyAV."""
+def _encode_mp4(tmp: str, frames: Sequence[Any], fps: int, samples: np.ndarray | None,
+                sample_rate: int) -> None:
+    """Write H.264 video (yuv420p, ``fps``) and, with ``samples``, AAC audio into one MP4."""
     from fractions import Fraction
 
     import av
 
-    layout = "stereo" if samples.shape[0] == 2 else "mono"
+    layout = "stereo" if samples is not None and samples.shape[0] == 2 else "mono"
     with av.open(tmp, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
         video = container.add_stream("libx264", rate=Fraction(fps, 1))
         video.pix_fmt = "yuv420p"
         video.options = {"crf": "18"}
-        sound = container.add_stream("aac", rate=sample_rate, layout=layout)
+        sound = None
+        if samples is not None:
+            sound = container.add_stream("aac", rate=sample_rate, layout=layout)
         for index, arr in enumerate(_even_frames(frames)):
             if index == 0:
                 video.height, video.width = arr.shape[:2]
             frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
             container.mux(video.encode(frame))
         container.mux(video.encode())
+        if sound is None:
+            return
         # Planar float in, the encoder's own format and frame size out.
         resampler = av.AudioResampler(format=sound.codec_context.format or "fltp",
                                       layout=layout, rate=sample_rate,

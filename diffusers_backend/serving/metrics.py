@@ -5,25 +5,22 @@ prometheus_client's global one), so nothing else in the process can leak series 
 Per-request hooks are a counter increment and a histogram observation; memory and state
 are read only when Prometheus scrapes. With ``LOCALAI_GRPC_AUTH_TOKEN`` set the endpoint
 asks for the same ``Authorization: Bearer <token>`` as the gRPC port, else answers 401.
+The HTTP side (``metrics_http``) is one thread with bounded connections and timeouts.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
-import socket
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from socketserver import ThreadingMixIn
+from collections.abc import Callable, Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from diffusers_backend.engine.timings import RequestTimings
+from diffusers_backend.serving.metrics_http import MetricsHttpServer, listen
 
 log = logging.getLogger(__name__)
 GENERATION_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600, 1800)
@@ -146,58 +143,23 @@ class Metrics:
                 self.load_seconds.observe(seconds)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No access log lines for scrapes."""
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
-        """Log nothing."""
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
 def _split(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
 
 
-def guarded_app(app: Callable[..., Iterable[bytes]], token: str) -> Callable[..., Iterable[bytes]]:
-    """``app`` behind the bearer token (when set) and served only at ``/metrics`` and ``/``."""
-    expected = f"Bearer {token}".encode() if token else None
-
-    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if expected is not None:
-            given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
-            if not hmac.compare_digest(given, expected):
-                start_response("401 Unauthorized", [
-                    ("Content-Type", "text/plain; charset=utf-8"),
-                    ("WWW-Authenticate", 'Bearer realm="diffusers-backend"')])
-                return [b"missing or invalid authorization bearer token\n"]
-        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
-            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"metrics are served at /metrics\n"]
-        return app(environ, start_response)
-
-    return guarded
-
-
-def start_http(metrics: Metrics, addr: str, token: str) -> tuple[WSGIServer, str]:
-    """Serve ``/metrics`` on ``addr`` in a daemon thread; return the server and its URL.
+def start_http(metrics: Metrics, addr: str, token: str) -> tuple[MetricsHttpServer, str]:
+    """Serve ``/metrics`` on ``addr`` from a daemon thread; return the server and its URL.
 
     Raises OSError when the address cannot be bound (start-up then fails with a message).
     """
     host, port = _split(addr)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server_class = type("MetricsServer", (_ThreadingServer,), {"address_family": family})
-    app = guarded_app(make_wsgi_app(metrics.registry), token)
-    httpd: Any = make_server(host, port, app, server_class=server_class,
-                             handler_class=_QuietHandler)
-    bound_port = httpd.server_address[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    url = f"http://{shown}:{bound_port}/metrics"
-    threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
-    return httpd, url
+    sock = listen(host, port)
+    server = MetricsHttpServer(metrics.registry, token, sock)
+    server.start()
+    bound_port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    return server, f"http://{shown}:{bound_port}/metrics"
 
 
 def start_metrics(metrics: Metrics, runtime: Any, addr: str, token: str) -> str:

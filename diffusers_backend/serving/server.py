@@ -20,9 +20,12 @@ from typing import Any
 
 import grpc
 
+from diffusers_backend.errors import BackendError, short_message
+from diffusers_backend.loading import path_guard
 from diffusers_backend.serving.listen import bind_problem, cannot_listen_message
 from diffusers_backend.serving.observe import RpcObserver
-from diffusers_backend.settings import Settings, SettingsError, load_settings
+from diffusers_backend.serving.request_limits import check_request
+from diffusers_backend.settings import DEFAULTS, Settings, SettingsError, load_settings
 
 log = logging.getLogger("diffusers_backend")
 CONTROL_THREADS = 4  # a separate pool: Health/Status answer at once even while generating
@@ -32,7 +35,7 @@ CONTROL_METHODS = frozenset({
     "/backend.Backend/Status",
     "/grpc.health.v1.Health/Check",
 })
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_SEND_BYTES = 64 * 1024 * 1024
 
 
 def configure_logging(level: str, fmt: str = "text") -> None:
@@ -54,6 +57,54 @@ def _deny(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
     context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid authorization bearer token")
 
 
+_UNREAD = object()  # what an unauthenticated request decodes to: its bytes are never parsed
+
+
+class _Refused:
+    """What a request decodes to when it must not reach the servicer: the message to refuse
+    it with (INVALID_ARGUMENT). Returned, not raised: grpcio turns a deserializer's exception
+    into INTERNAL "Exception deserializing request!"."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _decoder(deserializer: Any, max_prompt_chars: int) -> Any:
+    """``deserializer`` that never raises: bytes that do not parse, or a request above the
+    limits of ``request_limits``, decode to a :class:`_Refused`."""
+    message_type = getattr(getattr(deserializer, "__self__", None), "__name__", "request")
+
+    def decode(raw: bytes) -> Any:
+        try:
+            request = deserializer(raw)
+        except Exception:  # noqa: BLE001 - any parse failure is the sender's
+            return _Refused(f"the request is not a valid {message_type} message "
+                            f"({len(raw)} bytes that do not parse)")
+        try:
+            check_request(request, max_prompt_chars)
+        except BackendError as exc:
+            return _Refused(short_message(exc))
+        return request
+
+    return decode
+
+
+def _refusing(behavior: Any) -> Any:
+    """``behavior`` that first answers a :class:`_Refused` request with INVALID_ARGUMENT."""
+
+    def run(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Refused):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return behavior(request, context)
+
+    pool = getattr(behavior, "experimental_thread_pool", None)
+    if pool is not None:
+        run.experimental_thread_pool = pool  # type: ignore[attr-defined]
+    return run
+
+
 def _on_pool(behavior: Any, pool: futures.ThreadPoolExecutor) -> Any:
     """Wrap a handler function so gRPC runs it on ``pool`` instead of the default pool.
 
@@ -69,12 +120,12 @@ def _on_pool(behavior: Any, pool: futures.ThreadPoolExecutor) -> Any:
     return run
 
 
-def _rebuild(handler: Any, behavior: Any) -> Any:
-    """The same handler (same arity and (de)serializers) with another behavior function."""
+def _rebuild(handler: Any, behavior: Any, deserializer: Any) -> Any:
+    """The same handler (same arity and serializer) with another behavior and deserializer."""
     factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
     return factory(
         behavior,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=deserializer,
         response_serializer=handler.response_serializer,
     )
 
@@ -92,14 +143,18 @@ class DispatchInterceptor(grpc.ServerInterceptor):
     * Health, Status and the gRPC health Check run on a small control pool of their own,
       so they answer at once however many generations are queued on the work pool
       (a thread waiting for the pipeline lock would otherwise hold every worker).
+    * A refused call's message is never parsed; a unary request that does not parse, or
+      breaks a limit of ``request_limits``, is INVALID_ARGUMENT before it queues.
     """
 
     def __init__(self, token: str, control_pool: futures.ThreadPoolExecutor,
-                 observer: RpcObserver | None = None) -> None:
+                 observer: RpcObserver | None = None,
+                 max_prompt_chars: int = DEFAULTS.max_prompt_chars) -> None:
         self._expected = f"Bearer {token}".encode() if token else None
         self._control_pool = control_pool
         self._deny = _on_pool(_deny, control_pool)
         self._observer = observer  # request log line and metrics around unary calls
+        self._max_prompt_chars = max_prompt_chars
 
     def _authorized(self, handler_call_details: Any) -> bool:
         if self._expected is None:
@@ -116,16 +171,19 @@ class DispatchInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        behavior = None
+        behavior = _behavior(handler)
+        deserializer = handler.request_deserializer
         if not self._authorized(handler_call_details):
-            behavior = self._deny
-        elif method in CONTROL_METHODS:
-            behavior = _on_pool(_behavior(handler), self._control_pool)
+            behavior, deserializer = self._deny, (lambda raw: _UNREAD)
+        else:
+            if method in CONTROL_METHODS:
+                behavior = _on_pool(behavior, self._control_pool)
+            if not handler.request_streaming and deserializer is not None:
+                behavior = _refusing(behavior)
+                deserializer = _decoder(deserializer, self._max_prompt_chars)
         if self._observer is not None and handler.unary_unary is not None:
-            behavior = self._observer.wrap(method, behavior or handler.unary_unary)
-        if behavior is None or behavior is handler.unary_unary:
-            return handler
-        return _rebuild(handler, behavior)
+            behavior = self._observer.wrap(method, behavior)
+        return _rebuild(handler, behavior, deserializer)
 
 
 def warm_imports(done: threading.Event) -> None:
@@ -185,6 +243,7 @@ def build_server(settings: Settings, addr: str, observer: RpcObserver | None = N
     from diffusers_backend.engine.runtime import ModelRuntime
     from diffusers_backend.serving.servicer import BackendServicer
 
+    path_guard.set_allowed_roots(settings.allowed_paths)  # every layer's path checks
     imports_ready = threading.Event()
     runtime = ModelRuntime(settings, imports_ready)
     # Work pool, for LoadModel, Free and the generation RPCs: PYTHON_GRPC_MAX_WORKERS
@@ -199,10 +258,12 @@ def build_server(settings: Settings, addr: str, observer: RpcObserver | None = N
         futures.ThreadPoolExecutor(max_workers=settings.max_workers + settings.max_queue,
                                    thread_name_prefix="rpc"),
         interceptors=[DispatchInterceptor(settings.auth_token, control_pool,
-                                          observer or RpcObserver())],
+                                          observer or RpcObserver(),
+                                          settings.max_prompt_chars)],
         options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            # What the host sends is paths and prompts: a few MiB at most.
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.so_reuseport", 0),
         ],
     )

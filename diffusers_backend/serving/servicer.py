@@ -17,6 +17,7 @@ import backend_pb2
 import backend_pb2_grpc
 from diffusers_backend.engine.runtime import ModelRuntime
 from diffusers_backend.errors import BackendError, LoadError, short_message
+from diffusers_backend.loading.path_guard import shown
 from diffusers_backend.loading.spec import LoadSpec, parse_engine_args, parse_options
 from diffusers_backend.serving.status import grpc_method
 from diffusers_backend.tasks.jobs import ImageJob, UpscaleJob, VideoJob
@@ -92,11 +93,11 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
             spec = spec_from_options(request)
             loaded = self.runtime.load(spec)
         except BackendError as exc:
-            log.warning("LoadModel %s failed: %s", request.Model, short_message(exc))
+            log.warning("LoadModel %s failed: %s", shown(request.Model), short_message(exc))
             return backend_pb2.Result(message=short_message(exc), success=False)
         except Exception as exc:  # noqa: BLE001 - the host reads Result for LoadModel
-            log.exception("LoadModel %s failed", request.Model)
-            error = LoadError(f"could not load {request.Model}: {short_message(exc)}")
+            log.exception("LoadModel %s failed", shown(request.Model))
+            error = LoadError(f"could not load {shown(request.Model)}: {short_message(exc)}")
             return backend_pb2.Result(message=str(error), success=False)
         message = (f"loaded {spec.model or spec.model_file} as {loaded.class_name} "
                    f"on {loaded.device} ({loaded.dtype_name}) in {loaded.load_seconds:.2f}s")

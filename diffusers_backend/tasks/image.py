@@ -193,7 +193,8 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
       ``ref_images[0]`` (else ``src``) as the control image.
     """
     limit = settings.max_input_pixels
-    inpaint = media.load_inpaint_inputs(job.src, list(job.ref_images), max_pixels=limit)
+    inpaint = media.load_inpaint_inputs(job.src, list(job.ref_images), max_pixels=limit,
+                                        max_json_bytes=settings.max_inpaint_json_bytes)
     if inpaint is not None:
         return _Inputs(image=inpaint[0], mask=inpaint[1])
     for index, ref in enumerate(job.ref_images):

@@ -156,6 +156,8 @@ def plan_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings) -> Vid
         )
     sig = call_signature(type(pipe))
     check_steps(job.steps, settings)
+    if not math.isfinite(job.cfg_scale) or job.cfg_scale < 0:
+        raise InvalidArgument(f"cfg_scale must be a finite number, 0 or more, got {job.cfg_scale}")
     if job.num_frames < 0 or job.num_frames > 10_000:
         raise InvalidArgument(f"num_frames must be between 1 and 10000, got {job.num_frames}")
     if job.fps < 0 or job.fps > 240:
