@@ -4,65 +4,59 @@ inside LoadModel and keep the images; PNG compression changes size, not pixels."
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 from features_support import load_ok, mean_diff, pixels, same
-from harness import start_backend
+from harness import batch_of_each_seed, simultaneously, start_backend
 
 
 @pytest.fixture(scope="module")
 def batching_server(tmp_path_factory, tiny_sd):
+    """Eight clients fill the batch limit, so their call starts once all are queued; the
+    window (long, for a busy machine) holds only smaller bursts and lone requests."""
     server = start_backend(tmp_path_factory.mktemp("batching"),
-                           env={"DIFFUSERS_BATCH_WINDOW_MS": "500",
+                           env={"DIFFUSERS_BATCH_WINDOW_MS": "1000", "DIFFUSERS_MAX_BATCH": "8",
                                 "PYTHON_GRPC_MAX_WORKERS": "8"})
     load_ok(server, tiny_sd)
     yield server
     server.stop()
 
 
+def _assert_each_equals_its_lone_run(server, folder, seeds: dict[int, int]) -> None:
+    """Serve each request again, alone, with the seed it was given; 1/255 rounding allowed
+    (a batched matrix product may round differently)."""
+    for index, seed in seeds.items():
+        alone = folder / f"alone{index}.png"
+        server.image(alone, seed=seed, positive_prompt=f"a cube number {index}")
+        diff = np.abs(pixels(folder / f"{index}.png") - pixels(alone))
+        assert diff.max() <= 2, f"client {index} (seed {seed}) differs by {diff.max()} batched"
+
+
 def test_eight_simultaneous_clients_share_one_pipeline_call(batching_server, tmp_path):
     offset = len(batching_server.log())
-    replies: dict[int, str] = {}
-    barrier = threading.Barrier(8)
-
-    def client(index: int) -> None:
-        barrier.wait()
-        reply = batching_server.image(tmp_path / f"{index}.png", seed=-1,
-                                      positive_prompt=f"a cube number {index}")
-        replies[index] = reply.message
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert len(replies) == 8
-    assert "batching 8 text-to-image requests" in batching_server.log()[offset:]
-    seeds = {int(m.split("seed=")[1].split(";")[0]) for m in replies.values()}
-    assert len(seeds) == 8
-    for index in range(8):
-        assert pixels(tmp_path / f"{index}.png").shape == (64, 64, 3)
+    replies = simultaneously([
+        lambda i=i: batching_server.image(tmp_path / f"{i}.png", seed=-1,
+                                          positive_prompt=f"a cube number {i}")
+        for i in range(8)])
+    seeds = {i: int(reply.message.split("seed=")[1].split(";")[0])
+             for i, reply in enumerate(replies)}
+    assert len(set(seeds.values())) == 8  # each drew its own
+    batches = batch_of_each_seed(batching_server.log()[offset:])
+    assert [batches.get(seed) for seed in seeds.values()] == [8] * 8
+    _assert_each_equals_its_lone_run(batching_server, tmp_path, seeds)
 
 
 def test_a_batched_image_equals_the_same_request_alone(batching_server, tmp_path):
-    """Batching changes nothing about an image but its company (1/255 rounding allowed)."""
-    alone = batching_server.image(tmp_path / "alone.png", seed=77)
-    assert "seed=77" in alone.message
-    barrier = threading.Barrier(4)
-
-    def client(index: int) -> None:
-        barrier.wait()
-        batching_server.image(tmp_path / f"b{index}.png", seed=77 if index == 0 else index)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    diff = np.abs(pixels(tmp_path / "alone.png") - pixels(tmp_path / "b0.png"))
-    assert diff.max() <= 2
+    """Batching changes nothing about an image but its company, whichever place in the
+    batch a request takes: every member is compared."""
+    seeds = {0: 77, 1: 1, 2: 2, 3: 3}
+    offset = len(batching_server.log())
+    simultaneously([lambda i=i: batching_server.image(tmp_path / f"{i}.png", seed=seeds[i],
+                                                      positive_prompt=f"a cube number {i}")
+                    for i in seeds])
+    batches = batch_of_each_seed(batching_server.log()[offset:])
+    assert [batches.get(seed) for seed in seeds.values()] == [4] * 4
+    _assert_each_equals_its_lone_run(batching_server, tmp_path, seeds)
 
 
 @pytest.mark.usefixtures("free_backend_after")
