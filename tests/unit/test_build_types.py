@@ -1,4 +1,4 @@
-"""Every BUILD_TYPE the README lists has its requirements file, and make installs from it.
+"""Every BUILD_TYPE docs/install.md lists has its requirements file, and make installs from it.
 
 Only the CPU build can be installed on the build machine; this checks the packaging
 (`make -n`, nothing runs) for the others: the right file, torch pinned to the version the
@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _readme_build_types() -> list[str]:
-    text = (REPO_ROOT / "README.md").read_text()
+    text = (REPO_ROOT / "docs" / "install.md").read_text()
     table = text.split("| `BUILD_TYPE` |", 1)[1].split("\n\n", 1)[0]
     return re.findall(r"^\| `([a-z0-9]+)`", table, flags=re.M)
 
