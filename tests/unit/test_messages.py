@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,69 @@ def test_a_video_is_not_renamed_over_another_file(tmp_path, monkeypatch):
     reply = client._video_reply("video written to x", "cat.png")
     assert "cat.png is an MP4 (not renamed: cat.mp4 exists)" in reply
     assert (tmp_path / "cat.mp4").read_bytes() == b"old"
+
+
+# -- docs/troubleshooting.md shows what the code says ----------------------------------------
+TROUBLESHOOTING = Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md"
+
+
+def shown(section: str) -> list[str]:
+    """The lines of the first text block under a heading of docs/troubleshooting.md."""
+    body = TROUBLESHOOTING.read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return body.split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+
+
+def test_troubleshooting_shows_the_unreachable_hub_message(monkeypatch):
+    from diffusers_backend.loading.model_ref import missing_model_message
+
+    monkeypatch.setattr(hub, "unreachable", lambda: "huggingface.co: Name or service not known")
+    assert shown("No internet, or the Hub cannot be reached") == [
+        missing_model_message("stabilityai/sd-turbo", "", "")]
+
+
+def test_troubleshooting_shows_the_model_not_found_message(monkeypatch, tmp_path):
+    """The Hub that answers is a loopback server that knows no repo."""
+    import http.server
+    import threading
+
+    from diffusers_backend.loading.model_ref import missing_model_message
+
+    class NoRepos(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 - http.server's naming
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoRepos)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        message = missing_model_message("sd-turbo", "/models/sd-turbo", "/models")
+    finally:
+        server.shutdown()
+    assert shown("Model not found") == [message]
+
+
+def test_troubleshooting_shows_the_port_in_use_message(listening):
+    addr = f"127.0.0.1:{listening}"
+    [line] = shown("Port already in use")
+    assert line.replace("127.0.0.1:50051", addr) == (
+        f"diffusers backend: {cannot_listen_message(addr)}")
+
+
+def test_troubleshooting_shows_the_did_you_mean_messages():
+    from diffusers import StableDiffusionPipeline
+
+    from diffusers_backend.errors import LoadError
+    from diffusers_backend.loading.model_ref import ModelRef, RefKind
+    from diffusers_backend.loading.options_table import ignored_option_warning
+    from diffusers_backend.loading.pipeline_loader import resolve_class
+    from diffusers_backend.loading.spec import LoadSpec
+
+    with pytest.raises(LoadError) as typo:
+        resolve_class(LoadSpec(model="m", pipeline_type="img2imgg"),
+                      ModelRef(RefKind.HUB, "m"))
+    assert shown("Unknown pipeline_type or option") == [
+        str(typo.value), ignored_option_warning("guidance_scael", StableDiffusionPipeline)]
