@@ -6,13 +6,11 @@ Each test names the point of the host-fidelity issue it shows.
 
 from __future__ import annotations
 
-import threading
-
 import grpc
 import numpy as np
 import pytest
 from features_support import inpaint_request, log_since, pixels, rpc_error, same
-from harness import backend_pb2, start_backend
+from harness import backend_pb2, batch_of_each_seed, simultaneously, start_backend
 from localai_host import LocalAIHost
 from tiny_models import (
     tiny_lora2_path,
@@ -70,16 +68,16 @@ def seed_of(message: str) -> int:
 # -- 1. seeds ---------------------------------------------------------------------------------
 
 def test_unseeded_requests_each_draw_a_fresh_seed(backend, models, tmp_path):
-    """YAML without seed: the host loads with Seed=rand.Int32() and sends seed=-1."""
+    """YAML without seed: the host loads with Seed=rand.Int32() and sends seed=-1. The
+    server draws a new seed per image: not the load-time Seed (that would make every
+    unseeded image alike), not the same twice."""
     host = host_for(models)
-    options = host.model_options()
-    assert options.Seed > 0
-    assert host.image_request("x", tmp_path / "x.png").seed == -1
     load(backend, host)
     first, first_msg = generate(backend, host, tmp_path)
     second, second_msg = generate(backend, host, tmp_path)
+    load_seed = host.model_options().Seed
     assert seed_of(first_msg) != seed_of(second_msg)
-    assert seed_of(first_msg) != options.Seed or seed_of(second_msg) != options.Seed
+    assert load_seed not in (seed_of(first_msg), seed_of(second_msg))
     assert not same(first, second)
 
 
@@ -92,20 +90,33 @@ def test_a_yaml_seed_repeats_the_image(backend, models, tmp_path):
     assert same(first, second)
 
 
-def test_each_image_of_a_batch_gets_its_own_seed(backend, models, tmp_path):
-    """Concurrent unseeded requests may share one pipeline call; each keeps its own seed."""
+@pytest.fixture()
+def batching_server(tmp_path):
+    """Four clients fill the batch limit, so their call starts once all four are queued."""
+    server = start_backend(tmp_path, env={"DIFFUSERS_MAX_BATCH": "4",
+                                          "DIFFUSERS_BATCH_WINDOW_MS": "1000"})
+    yield server
+    server.stop()
+
+
+def test_each_image_of_a_batch_gets_its_own_seed(batching_server, models, tmp_path):
+    """Four simultaneous unseeded requests share one pipeline call (the server's request
+    log says so); each image is the one its own seed makes alone, whatever its place."""
     host = host_for(models)
-    load(backend, host)
-    results: list[tuple] = []
-    threads = [threading.Thread(target=lambda: results.append(generate(backend, host, tmp_path)))
-               for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len({seed_of(message) for _, message in results}) == 4
-    images = [pixels(path) for path, _ in results]
-    assert all(not np.array_equal(images[0], other) for other in images[1:])
+    load(batching_server, host)
+    offset = len(batching_server.log())
+    results = simultaneously([lambda: generate(batching_server, host, tmp_path)] * 4)
+    seeds = [seed_of(message) for _, message in results]
+    assert len(set(seeds)) == 4
+    batches = batch_of_each_seed(batching_server.log()[offset:])
+    assert [batches.get(seed) for seed in seeds] == [4] * 4
+    for (batched, _), seed in zip(results, seeds, strict=True):
+        alone = host.output_file(tmp_path)
+        request = host.image_request("a red cube", alone, size=SIZE)
+        request.seed = seed  # the same request, with the seed the server drew for it
+        batching_server.stub.GenerateImage(request, timeout=180)
+        diff = np.abs(pixels(batched) - pixels(alone))
+        assert diff.max() <= 2, f"seed {seed} differs by {diff.max()} in the batch"
 
 
 def test_inpainting_with_seed_0_is_random(backend, models, tmp_path):
