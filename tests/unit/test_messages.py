@@ -229,3 +229,18 @@ def test_troubleshooting_shows_the_did_you_mean_messages():
                       ModelRef(RefKind.HUB, "m"))
     assert shown("Unknown pipeline_type or option") == [
         str(typo.value), ignored_option_warning("guidance_scael", StableDiffusionPipeline)]
+
+
+def test_a_python_without_the_packages_is_told_which_to_use():
+    """``python -m diffusers_backend.serving.client`` with a Python that lacks grpc (here:
+    this one with its site-packages switched off, -S) names the command to use instead."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-S", "-m", "diffusers_backend.serving.client",
+                             "health"], cwd=TROUBLESHOOTING.parents[1], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "diffusers-client: No module named 'grpc'. Run it with the project's environment: "
+        ".venv/bin/diffusers-client (`make install` creates it)")
