@@ -142,6 +142,16 @@ def test_repository_paths_in_code_exist(page):
     assert not missing, f"{page.name} names paths that do not exist: {missing}"
 
 
+_STALE_FIGURES = re.compile(r"\b\d+\s+tests\b|\b\d+\s+passed\b|\b\d+\s+min\s+\d+\s+s\b")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_no_figure_that_goes_stale_by_itself(page):
+    """Test counts and suite times change with every commit; no test keeps them true."""
+    found = _STALE_FIGURES.findall(page.read_text())
+    assert not found, f"{page.name} states figures nothing keeps true: {found}"
+
+
 def test_readme_is_a_front_page():
     lines = README.read_text().splitlines()
     assert len(lines) <= 160, f"README.md has {len(lines)} lines; move reference to docs/"
