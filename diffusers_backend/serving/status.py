@@ -7,6 +7,7 @@ and the log still gets the full story.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 from collections.abc import Callable
@@ -15,6 +16,11 @@ from typing import Any
 import grpc
 
 from diffusers_backend.errors import BackendError, is_out_of_memory, short_message
+from diffusers_backend.loading.path_guard import os_error
+
+# OS errors that say what is wrong with a path a request named (see path_guard.os_error)
+PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR,
+                         errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -31,6 +37,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, f"file not found: {exc.filename or short_message(exc)}"
     if isinstance(exc, PermissionError):
         return grpc.StatusCode.PERMISSION_DENIED, f"permission denied: {exc.filename or ''}"
+    if isinstance(exc, OSError) and exc.errno in PATH_ERRNOS:
+        # a path the request named (too long, a link loop, no space, read-only...), met
+        # deep inside a library: the user's to fix, not ours
+        error = os_error(exc, "path", str(exc.filename or ""))
+        return grpc.StatusCode[error.status], short_message(error)
     if isinstance(exc, (ValueError, TypeError)):
         return grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {short_message(exc)}"
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {short_message(exc)}"

@@ -222,3 +222,21 @@ def test_allowed_paths_setting(tmp_path):
     assert settings.allowed_paths == (str(tmp_path), "/models")
     with pytest.raises(SettingsError, match="absolute"):
         load_settings({"DIFFUSERS_ALLOWED_PATHS": "models"})
+
+
+def test_os_errors_from_inside_a_library_are_not_internal():
+    import errno
+
+    import grpc
+
+    from diffusers_backend.serving.status import status_for
+
+    for number, code in ((errno.ENAMETOOLONG, grpc.StatusCode.INVALID_ARGUMENT),
+                         (errno.ELOOP, grpc.StatusCode.INVALID_ARGUMENT),
+                         (errno.EROFS, grpc.StatusCode.PERMISSION_DENIED),
+                         (errno.ENOSPC, grpc.StatusCode.RESOURCE_EXHAUSTED)):
+        error = OSError(number, os.strerror(number), "/models/" + "x" * 1000)
+        got, message = status_for(error)
+        assert got == code, (number, got, message)
+        assert len(message) < 400
+    assert status_for(OSError(errno.EIO, "I/O error"))[0] == grpc.StatusCode.INTERNAL
