@@ -24,6 +24,15 @@ Run:
   python bench/bench_gpu.py --arch sd15           # CUDA: SD 1.5, 512x512, 20 steps, float16
   python bench/bench_gpu.py --arch sdxl           # CUDA: SDXL, 1024x1024, 20 steps, float16
   ... --part serving / --part compile              # the two halves, e.g. for a job time limit
+  python bench/bench_gpu.py --arch sdxl --part accel   # acceleration options vs off (below)
+  python bench/bench_gpu.py --arch flux --part accel   # Flux.1-dev-size transformer, caches
+
+``--part accel`` loads the model in-process through the backend's own LoadModel code with
+each acceleration option and compares it with the option off, interleaved (bench_accel.py's
+rows, on the GPU): UNet archs get cache:deepcache, quantize:int8wo, quantize:fp8 and
+compile_regional (plus the compile cache's second start); ``flux`` (a random-weight
+transformer of Flux.1-dev's size, 19 + 38 blocks, small text encoders) gets cache:taylorseer,
+cache:first_block, cache:faster, cache:pab, quantize:fp8 and compile_regional.
 """
 
 from __future__ import annotations
@@ -67,7 +76,7 @@ POISSON_REQUESTS = 32
 POISSON_LOAD = 0.7  # arrival rate as a share of one-at-a-time capacity
 WEIGHT_SCALE = 0.5  # random weights x0.5 keep float16 activations finite
 BUILD_FORMAT = 1  # bump when a builder changes what it writes
-NATIVE_SIZE = {"tiny": 64, "sd15": 512, "sdxl": 1024}
+NATIVE_SIZE = {"tiny": 64, "sd15": 512, "sdxl": 1024, "flux": 1024}
 SERVER_MAX_BATCH_PIXELS = 4 * 1024 * 1024  # the server's DIFFUSERS_MAX_BATCH_PIXELS default
 RPC_TIMEOUT = 1800.0  # compile with max-autotune can take minutes on the first call
 _BATCH_FIELD = re.compile(r"GenerateImage OK .*?\bbatch=(\d+)")
@@ -89,6 +98,7 @@ class Config:
     compile_skip_reason: str
     out: Path
     threads: int  # torch CPU threads of this process and of the servers; 0 = torch's default
+    part: str = "all"  # all, serving, compile or accel
 
     @property
     def cuda(self) -> bool:
@@ -114,7 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
                         help="interleaved bare/served single-image pairs (default: 9 CUDA, 5 CPU)")
     parser.add_argument("--rounds", type=int,
                         help="Poisson runs per batching mode, alternating (default: 1)")
-    parser.add_argument("--part", choices=("all", "serving", "compile"), default="all",
+    parser.add_argument("--part", choices=("all", "serving", "compile", "accel"), default="all",
                         help="serving: everything but compile; compile: only the compile "
                         "comparison (e.g. to stay under a 10-minute job limit)")
     parser.add_argument("--compile", action="store_true",
@@ -152,7 +162,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         variants, skip = tuple(variants), ""
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     out.mkdir(parents=True, exist_ok=True)
-    return Config(device="cuda" if cuda else "cpu", dtype_name="float16" if cuda else "float32",
+    dtype_name = ("bfloat16" if arch == "flux" else "float16") if cuda else "float32"
+    return Config(device="cuda" if cuda else "cpu", dtype_name=dtype_name, part=args.part,
                   arch=arch, px=px, steps=steps, repeats=repeats,
                   rounds=args.rounds or 1, serving=args.part != "compile",
                   compile_variants=variants, compile_skip_reason=skip, out=out,
@@ -257,12 +268,47 @@ def _build_sdxl(path: Path, device: str, dtype_name: str) -> None:
     tiny_clip_tokenizer(save_to=path / "tokenizer_2")
 
 
+def _build_flux(path: Path, device: str, dtype_name: str) -> None:
+    """Flux.1-dev's transformer and VAE sizes; small CLIP/T5 encoders of the right widths
+    (the text encoders run once per image, the transformer at every step)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        modules = {
+            "transformer": FluxTransformer2DModel(guidance_embeds=True),
+            "vae": AutoencoderKL(
+                in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
+                block_out_channels=[128, 256, 512, 512], use_quant_conv=False,
+                use_post_quant_conv=False, down_block_types=["DownEncoderBlock2D"] * 4,
+                up_block_types=["UpDecoderBlock2D"] * 4, shift_factor=0.1159,
+                scaling_factor=0.3611),
+            "text_encoder": _clip_text(768, 2, 12, 3072, "quick_gelu", projection=False),
+            "text_encoder_2": T5EncoderModel(T5Config(
+                vocab_size=len(byte_level_vocab()), d_model=4096, d_kv=64, d_ff=10240,
+                num_layers=1, num_heads=64, feed_forward_proj="gated-gelu")),
+        }
+    modules = _finish(modules, getattr(torch, dtype_name))
+    pipe = FluxPipeline(**modules, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                        tokenizer=tiny_clip_tokenizer(), tokenizer_2=tiny_clip_tokenizer())
+    pipe.save_pretrained(path)
+    tiny_clip_tokenizer(save_to=path / "tokenizer")
+    tiny_clip_tokenizer(save_to=path / "tokenizer_2")
+
+
 def model_path(cfg: Config) -> Path:
     """The saved pipeline folder, built once per architecture, dtype and library versions
     (under .test-fixtures/, or TINY_FIXTURE_DIR) and reused by later runs."""
     if cfg.arch == "tiny":
         return tiny_sd_path()
-    builder = {"sd15": _build_sd15, "sdxl": _build_sdxl}[cfg.arch]
+    builder = {"sd15": _build_sd15, "sdxl": _build_sdxl, "flux": _build_flux}[cfg.arch]
     name = f"bench-{cfg.arch}-{cfg.dtype_name}-v{BUILD_FORMAT}"
     return cached_build(name, partial(builder, device=cfg.device, dtype_name=cfg.dtype_name))
 
@@ -560,6 +606,28 @@ def measure_serving(cfg: Config, path: Path) -> None:
     print(f"bare single PNG: {cfg.out / 'bare-single.png'}")
 
 
+def measure_acceleration(cfg: Config, path: Path) -> None:
+    """Each acceleration option against the option off, in this process (bench_accel.py)."""
+    import bench_accel
+
+    if cfg.arch == "flux":
+        options = [(f"cache:{name}", {"cache": name}) for name in
+                   ("taylorseer", "first_block", "faster", "pab")]
+    else:
+        options = [("cache:deepcache", {"cache": "deepcache"})]
+    options += [("quantize:int8wo", {"quantize": "int8wo"}),
+                ("quantize:fp8", {"quantize": "fp8"}),
+                ("compile_regional", {"compile_regional": True, "width": cfg.px,
+                                      "height": cfg.px})]
+    print(f"\nacceleration options vs off ({cfg.arch}, {cfg.px}x{cfg.px}, {cfg.steps} steps, "
+          f"{cfg.repeats} interleaved pairs)")
+    bench_accel.print_table([])
+    bench_accel.measure_pipeline(path, options, cfg.px, cfg.steps, cfg.repeats, cfg.cuda,
+                                 cfg.dtype_name)
+    bench_accel.print_table([bench_accel.measure_compile(path, cfg.px, cfg.cuda, cfg.dtype_name)],
+                            header=False)
+
+
 def measure_compile(cfg: Config, path: Path) -> None:
     """Each variant on a fresh server with empty compile caches, so its LoadModel time is a
     first start's (caches from an earlier variant would flatter a later one)."""
@@ -665,9 +733,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.monotonic()
     path = model_path(cfg)
     print(f"model: {path} (ready in {time.monotonic() - started:.1f} s)")
-    if cfg.serving:
-        measure_serving(cfg, path)
-    measure_compile(cfg, path)
+    if cfg.part == "accel":
+        measure_acceleration(cfg, path)
+    else:
+        if cfg.serving:
+            measure_serving(cfg, path)
+        measure_compile(cfg, path)
     print(f"\nwhole run {time.monotonic() - began:.0f} s; images in {cfg.out}")
 
 

@@ -19,8 +19,14 @@ from diffusers_backend.errors import LoadError
 FP8_MIN_CAPABILITY = (8, 9)
 
 
+_GGUF_WHY = ("its weights are GGUF-quantized already (load the full-precision transformer "
+             "to quantize it with torchao, or serve the .gguf as it is)")
+
+
 def _already_quantized(module: Any, quantization_field: str) -> str:
     """Why ``module`` counts as quantized already ("" when it does not)."""
+    if quantization_field.strip().lower() == "gguf":
+        return _GGUF_WHY
     if quantization_field.strip():
         return f"the model's quantization field ({quantization_field}) already quantizes it"
     quantizer = getattr(module, "hf_quantizer", None)
@@ -28,8 +34,7 @@ def _already_quantized(module: Any, quantization_field: str) -> str:
         method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", "")
         method = getattr(method, "value", method)
         if str(method).lower() == "gguf":
-            return "its weights are GGUF-quantized already (load the full-precision " \
-                "transformer to quantize with torchao, or use the .gguf alone)"
+            return _GGUF_WHY
         return f"its weights are quantized already ({method or type(quantizer).__name__})"
     return ""
 
@@ -83,7 +88,7 @@ def quantize_denoiser(pipe: Any, mode: str, quantization_field: str = "") -> str
         quantize_(module, config)
     except (RuntimeError, ValueError, NotImplementedError) as exc:
         raise LoadError(f"quantize:{mode} failed on the {name}: {exc}") from exc
-    return f"{name} quantized ({mode}, torchao)"
+    return f"{name} quantized ({mode}, torchao: {quantized_linear_count(module)} Linear layers)"
 
 
 def quantized_linear_count(module: Any) -> int:
