@@ -20,6 +20,8 @@ from harness import (
     backend_pb2,
     backend_pb2_grpc,
     start_backend,
+    wait_for_log,
+    wait_for_state,
 )
 from PIL import Image
 
@@ -171,16 +173,18 @@ def test_auth_refusal_is_fast_while_busy(auth_server, tiny_sd, tmp_path):
     """Unauthenticated calls are refused on the control pool, not behind generations."""
     assert auth_server.load(tiny_sd).success
     future = auth_server.stub.GenerateImage.future(backend_pb2.GenerateImageRequest(
-        positive_prompt="busy", width=64, height=64, step=25, dst=str(tmp_path / "busy.png")),
+        positive_prompt="busy", width=64, height=64, step=400, dst=str(tmp_path / "busy.png")),
         metadata=auth_server.metadata, timeout=120)
-    time.sleep(0.5)
+    wait_for_state(auth_server, backend_pb2.StatusResponse.BUSY)  # the generation runs
     started = time.perf_counter()
     with pytest.raises(grpc.RpcError) as err:
         auth_server.stub.GenerateImage(backend_pb2.GenerateImageRequest(
             positive_prompt="x", dst=str(tmp_path / "x.png")), timeout=10)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert time.perf_counter() - started < 0.5
-    assert future.result().success
+    assert auth_server.status().state == backend_pb2.StatusResponse.BUSY  # still generating
+    assert future.cancel()  # 400 steps would take minutes; the server stops at the next step
+    wait_for_state(auth_server, backend_pb2.StatusResponse.READY)
 
 
 def test_token_never_reaches_the_log(auth_server, tiny_sd, tmp_path):
@@ -193,9 +197,10 @@ def test_token_never_reaches_the_log(auth_server, tiny_sd, tmp_path):
             except grpc.RpcError:
                 pass
     # A request whose failure is logged, with the token in metadata.
+    offset = len(auth_server.log())
     with pytest.raises(grpc.RpcError):
         auth_server.image(tmp_path / "missing" / "x.png")
-    time.sleep(0.2)
+    wait_for_log(auth_server, "GenerateImage NOT_FOUND", since=offset)  # its request line
     log = auth_server.log()
     assert "serving on" in log and "auth_token='***'" in log
     assert TOKEN not in log
