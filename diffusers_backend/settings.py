@@ -38,6 +38,7 @@ class Settings:
     bfl_repo: str = "ChuckMcSneed/FLUX.1-dev"
     max_workers: int = 1
     max_batch: int = 16
+    step_batching: bool = True  # requests join and leave a running denoising loop
     batch_window_ms: float | None = None  # None = adaptive
     output_writers: int = 2
     png_compression: int = 1
@@ -243,6 +244,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("DIFFUSERS_MAX_BATCH", "max_batch", int_parser(1), "queued text-to-image requests "
            "that differ only in prompt, negative prompt and seed share one pipeline call "
            "(`1` turns batching off)"),
+    EnvVar("DIFFUSERS_STEP_BATCHING", "step_batching", _B, "text-to-image requests join and "
+           "leave a running denoising loop between steps (SD 1.x/2.x, SDXL, SD3; "
+           "docs/engine.md); `0` = request-level batches only", empty_is_default=False),
     EnvVar("DIFFUSERS_BATCH_WINDOW_MS", "batch_window_ms", parse_window_ms, "how long a "
            "request about to run waits for requests that are still being validated, so "
            "simultaneous clients share one batch; `auto` = 10 % of the last pipeline call "

@@ -1,17 +1,21 @@
-"""The engine: the one owner of the loaded model, its thread, its batches and its writers.
+"""The engine's executor: the one owner of the loaded model, its thread and its writers.
 
 Request threads validate a request once (``plan_image`` / ``plan_video`` / ``plan_upscale``)
-and hand the engine a plan; the engine's pipeline thread runs plans, alone or batched, and
-hands each output to an output writer, so the next batch starts while PNGs are encoded.
+and hand the engine a plan; the pipeline thread asks the :class:`~.scheduler.Scheduler` what
+to run (whom a request batches with, how long to wait for companions, who joins a running
+denoising loop, what to do after running out of memory) and runs it, handing each output to
+an output writer, so the next batch starts while PNGs are encoded.
 
 Why one thread: a diffusers pipeline keeps per-call state (scheduler timesteps, LoRA scales),
 so calls on it must not overlap; and torch's CPU thread pools are per calling thread.
-Why batches: text-to-image requests that differ only in prompt, negative prompt and seed
-share one pipeline call, each image still made from its own seed. A batch about to start
-waits a short, bounded window for companions (``DIFFUSERS_BATCH_WINDOW_MS``, adaptive by
-default: longer while other requests are still being validated, at most 1 % of a call
-otherwise), so simultaneous clients become one batch, not 1 + 7. A batch that runs out of
-memory is retried one request at a time.
+Two kinds of batches:
+* request-level: text-to-image requests that differ only in prompt, negative prompt and seed
+  share one pipeline call, each image still made from its own seed;
+* step-level (``DIFFUSERS_STEP_BATCHING``, on by default, docs/engine.md): for the families
+  whose denoising loop the engine owns (``tasks/denoise``), requests join a running loop
+  between steps and leave it when their own steps are done, so a 4-step request does not
+  wait for a 25-step one.
+A request that waited while another model was loaded is planned again against the new one.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from diffusers_backend.engine import timings
-from diffusers_backend.engine.batch_sizer import BatchSizer
 from diffusers_backend.engine.profiling import profiled
+from diffusers_backend.engine.scheduler import Scheduler
 from diffusers_backend.errors import (
+    BackendError,
     Cancelled,
     FailedPrecondition,
     InvalidArgument,
@@ -42,9 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 IsCancelled = Callable[[], bool]
-AUTO_WINDOW_FRACTION = 0.1  # of the last pipeline call's time, while companions arrive...
-AUTO_WINDOW_BOUNDS_S = (0.002, 0.05)  # ...held between these
-IDLE_WINDOW_FRACTION = 0.01  # of the last call, when nobody else is arriving
 
 
 class Plan(Protocol):
@@ -65,7 +66,7 @@ class Plan(Protocol):
 
 class Variants:
     """The img2img / inpainting variants of the loaded pipeline, made once when first asked
-    for (``task_variants.make_variant``: same weights, no second copy)."""
+    for (``registry.variants.make_variant``: same weights, no second copy)."""
 
     def __init__(self, pipe: Any) -> None:
         self._pipe = pipe
@@ -87,11 +88,17 @@ class Variants:
 
 @dataclass(eq=False)
 class Ticket:
-    """One plan waiting for the pipeline thread, and its answer."""
+    """One plan waiting for the pipeline thread, and its answer.
+
+    ``replan`` plans the same request against another model (the runtime passes the
+    dispatch it used at validation, so an image request can become a video plan); by
+    default the plan's own ``replan``.
+    """
 
     plan: Any
     is_cancelled: IsCancelled
     record: timings.RequestTimings | None = None
+    replan: Callable[[Any], Any] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: str = ""
     error: BaseException | None = None
@@ -115,21 +122,39 @@ class Arrival:
         self.queued = False
 
 
+def _model_name(loaded: Any) -> str:
+    return str(getattr(loaded, "identity", "") or getattr(getattr(loaded, "spec", None),
+                                                          "model", "") or "another model")
+
+
+def replanned(ticket: Ticket, loaded: Any) -> Any:
+    """The ticket's plan for ``loaded``: as validated, or planned again when another model was
+    loaded while it waited; a refusal then names the model change, keeping its status."""
+    plan = ticket.plan
+    if plan.loaded is loaded:
+        return plan
+    replan = ticket.replan or plan.replan
+    try:
+        return replan(loaded)
+    except BackendError as exc:
+        raise type(exc)(f"the model changed to {_model_name(loaded)} while this request "
+                        f"waited, and it cannot serve it: {exc}") from None
+
+
 class Engine:
-    """Holds the loaded model and runs plans on it, one pipeline call at a time."""
+    """Holds the loaded model and runs plans on it, as its :class:`Scheduler` decides."""
 
     def __init__(self, settings: Settings, release_memory: Callable[[], None]) -> None:
+        from diffusers_backend.tasks.denoise import step_key
+
         self._settings = settings
         self._release_memory = release_memory
         self.lock = threading.Lock()  # held for every pipeline call and for model swaps
         self._loaded: LoadedPipeline | None = None
         self._variants: Variants | None = None
-        self._queue: deque[Ticket] = deque()
+        self.scheduler = Scheduler(settings, step_key)
         self._cv = threading.Condition()
-        self._arriving = 0
-        self._last_call_s = 0.0
         self._used_since_release = False
-        self._sizer = BatchSizer(settings.max_batch)
         self._writers = ThreadPoolExecutor(max_workers=settings.output_writers,
                                            thread_name_prefix="writer")
         self._thread = threading.Thread(target=self._loop, name="pipeline", daemon=True)
@@ -145,7 +170,8 @@ class Engine:
         with self.lock:
             old, self._loaded = self._loaded, loaded
             self._variants = Variants(loaded.pipe) if loaded is not None else None
-            self._sizer = BatchSizer(self._settings.max_batch)
+            with self._cv:
+                self.scheduler.model_changed()
         return old
 
     # -- requests -------------------------------------------------------------------------
@@ -154,27 +180,33 @@ class Engine:
         """Wrap a request's validation: while it runs, a batch about to start waits for it."""
         arrival = Arrival()
         with self._cv:
-            self._arriving += 1
+            self.scheduler.arriving += 1
         try:
             yield arrival
         finally:
             if not arrival.queued:
                 with self._cv:
-                    self._arriving -= 1
+                    self.scheduler.arriving -= 1
                     self._cv.notify_all()
 
-    def submit(self, plan: Plan, is_cancelled: IsCancelled,
-               arrival: Arrival | None = None) -> str:
-        """Queue a validated plan and block until it has run and been written (or failed)."""
-        ticket = Ticket(plan, is_cancelled, timings.current())
+    def submit(self, plan: Plan, is_cancelled: IsCancelled, arrival: Arrival | None = None,
+               replan: Callable[[Any], Any] | None = None) -> str:
+        """Queue a validated plan and block until it has run and been written (or failed).
+
+        ``replan(loaded)`` plans the request again if another model is loaded meanwhile."""
+        ticket = Ticket(plan, is_cancelled, timings.current(), replan)
         with self._cv:
             timings.queued(ticket.record)
-            self._queue.append(ticket)
+            self.scheduler.push(ticket)
             if arrival is not None and not arrival.queued:
                 arrival.queued = True
-                self._arriving -= 1
+                self.scheduler.arriving -= 1
             self._cv.notify_all()
         return ticket.wait()
+
+    def batch_windows(self) -> tuple[float, float]:
+        """See :meth:`Scheduler.batch_windows`."""
+        return self.scheduler.batch_windows()
 
     # -- the pipeline thread ---------------------------------------------------------------
     def _loop(self) -> None:
@@ -192,16 +224,16 @@ class Engine:
         """The oldest ticket; while idle, give cached device memory back once."""
         idle_after = self._settings.idle_release_s
         with self._cv:
-            while not self._queue:
+            while not self.scheduler.queue:
                 timeout = idle_after if (self._used_since_release and idle_after > 0) else None
-                if not self._cv.wait(timeout) and not self._queue:
+                if not self._cv.wait(timeout) and not self.scheduler.queue:
                     self._used_since_release = False
                     self._cv.release()
                     try:
                         self._release_idle_memory()
                     finally:
                         self._cv.acquire()
-            ticket = self._queue.popleft()
+            ticket = self.scheduler.pop()
             timings.dequeued(ticket.record)
             return ticket
 
@@ -210,35 +242,12 @@ class Engine:
             self._release_memory()
         log.debug("idle: cached device memory released")
 
-    def batch_windows(self) -> tuple[float, float]:
-        """How long a batch about to start may wait: (in any case, while requests are still
-        being validated), in seconds.
-
-        ``DIFFUSERS_BATCH_WINDOW_MS`` set: that long in both cases. Auto (the default): while
-        companions are on their way, 10 % of the last pipeline call (2 to 50 ms); otherwise
-        1 % of it (a third of the 3 % overhead budget), long enough to catch a burst
-        whose first request happened to be validated before the others arrived.
-        """
-        configured = self._settings.batch_window_ms
-        if configured is not None:
-            return configured / 1000.0, configured / 1000.0
-        low, high = AUTO_WINDOW_BOUNDS_S
-        busy = min(high, max(low, AUTO_WINDOW_FRACTION * self._last_call_s))
-        return min(busy, IDLE_WINDOW_FRACTION * self._last_call_s), busy
-
     def _gather(self, first: Ticket) -> None:
-        """A batchable request waits (bounded) for companions before its batch is formed."""
-        if self._settings.max_batch <= 1 or first.plan.batch_key() is None:
-            return
-        idle, busy = self.batch_windows()
+        """A batchable request waits (bounded) for companions, as long as the scheduler says."""
         started = time.monotonic()
         with self._cv:
-            while len(self._queue) + 1 < self._settings.max_batch:
-                waited = time.monotonic() - started
-                limit = busy if self._arriving > 0 else idle
-                if waited >= limit:
-                    break
-                self._cv.wait(limit - waited)
+            while (wait := self.scheduler.gather_wait(first, time.monotonic() - started)) > 0:
+                self._cv.wait(wait)
 
     def _serve(self, first: Ticket) -> None:
         with self.lock:
@@ -251,35 +260,27 @@ class Engine:
                                              "waited its turn"))
                 return
             try:
-                plan = first.plan if first.plan.loaded is loaded else first.plan.replan(loaded)
+                plan = replanned(first, loaded)
             except Exception as exc:  # noqa: BLE001 - its own error, answered now
                 first.finish(error=exc)
+                return
+            step_key = self.scheduler.step_key(plan)
+            if step_key is not None:
+                from diffusers_backend.engine.stepping import StepLoop
+
+                StepLoop(self, loaded, variants, step_key).run(first, plan)
                 return
             batch = [(first, plan)]
             key = plan.batch_key()
             if key is not None:
-                batch += self._companions(key, plan.pixels)
+                with self._cv:
+                    taken = self.scheduler.companions(key, plan.pixels)
+                for ticket in taken:
+                    timings.dequeued(ticket.record)
+                batch += [(ticket, ticket.plan) for ticket in taken]
             if len(batch) > 1:
                 log.info("batching %d text-to-image requests in one pipeline call", len(batch))
             self._execute(batch, variants)
-
-    def _companions(self, key: tuple, pixels: int) -> list[tuple[Ticket, Any]]:
-        """Take queued plans with the same batch key, within the batch limits."""
-        limit = min(self._sizer.limit(pixels), self._settings.max_batch)
-        taken: list[tuple[Ticket, Any]] = []
-        with self._cv:
-            for ticket in list(self._queue):
-                if len(taken) + 1 >= limit:
-                    break
-                if ticket.is_cancelled() or ticket.plan.batch_key() != key:
-                    continue
-                if pixels + ticket.plan.pixels > self._settings.max_batch_pixels:
-                    break
-                self._queue.remove(ticket)
-                timings.dequeued(ticket.record)
-                pixels += ticket.plan.pixels
-                taken.append((ticket, ticket.plan))
-        return taken
 
     def _execute(self, batch: list[tuple[Ticket, Any]], variants: Any) -> None:
         tickets = [t for t, _ in batch]
@@ -287,7 +288,7 @@ class Engine:
         started = timings.now()
         try:
             label = f"{type(plans[0]).__name__} x{len(plans)}"
-            with self._sizer.measure(len(plans), plans[0].pixels), \
+            with self.scheduler.sizer.measure(len(plans), plans[0].pixels), \
                     profiled(self._settings.profile_dir, label):
                 outputs = type(plans[0]).run(plans, variants,
                                              lambda: all(t.is_cancelled() for t in tickets))
@@ -295,8 +296,7 @@ class Engine:
             if is_out_of_memory(exc):
                 log.warning("out of memory; freeing cached memory before the next request")
                 self._release_memory()
-                self._sizer.out_of_memory(len(plans), plans[0].pixels)
-                if len(batch) > 1:
+                if self.scheduler.out_of_memory(len(plans), plans[0].pixels) > 0:
                     log.warning("a batch of %d ran out of memory; running them one by one",
                                 len(batch))
                     for item in batch:
@@ -305,17 +305,21 @@ class Engine:
             for ticket in tickets:
                 ticket.finish(error=exc)
             return
-        self._last_call_s = timings.now() - started
+        self.scheduler.call_ran(timings.now() - started)
         self._used_since_release = True
-        timings.pipeline_ran([(t.record, getattr(p, "seed", 0), getattr(p, "steps", 0))
+        timings.pipeline_ran([(t.record, getattr(p, "seed", None), getattr(p, "steps", 0))
                               for t, p in batch],
                              type(plans[0].loaded.pipe).__name__ if plans[0].loaded else "",
-                             self._last_call_s)
+                             self.scheduler.last_call_s)
         for (ticket, plan), output in zip(batch, outputs, strict=True):
-            if ticket.is_cancelled():
-                ticket.finish(error=Cancelled("request cancelled by the client"))
-                continue
-            self._writers.submit(_write, ticket, plan, output)
+            self.hand_to_writer(ticket, plan, output)
+
+    def hand_to_writer(self, ticket: Ticket, plan: Any, output: Any) -> None:
+        """Answer a cancelled request now; else write its output on a writer thread."""
+        if ticket.is_cancelled():
+            ticket.finish(error=Cancelled("request cancelled by the client"))
+            return
+        self._writers.submit(_write, ticket, plan, output)
 
 
 def _write(ticket: Ticket, plan: Any, output: Any) -> None:

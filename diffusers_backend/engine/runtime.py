@@ -180,7 +180,7 @@ class ModelRuntime:
                 if loaded is None:
                     raise FailedPrecondition("no model is loaded: call LoadModel first")
                 plan = make_plan(loaded)
-                return self.engine.submit(plan, is_cancelled, arrival)
+                return self.engine.submit(plan, is_cancelled, arrival, replan=make_plan)
         finally:
             with self._state_lock:
                 self._busy -= 1

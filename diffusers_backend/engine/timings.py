@@ -1,10 +1,10 @@
-"""Per-request timings and the hooks the pipeline worker reports through.
+"""Per-request timings and the hooks the engine's pipeline thread reports through.
 
 The gRPC thread that serves a request opens a :class:`RequestTimings` (``begin``); the
-pipeline worker fills it in (queue wait, prepare, pipeline, write, seed, size, steps,
+pipeline thread fills it in (queue wait, prepare, pipeline, write, seed, size, steps,
 batch) before it hands the result back; the RPC layer then logs one line and feeds the
 metrics from it. Everything here is plain attribute writes and ``perf_counter`` calls, so
-it costs nothing measurable per request. No third-party imports: ``work_queue`` uses it.
+it costs nothing measurable per request. No third-party imports: the engine uses it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class RequestTimings:
     """What one generation request spent where, and what it made."""
 
     queued_at: float | None = None  # perf_counter when it joined the pipeline queue
-    queue_s: float | None = None  # waiting for the pipeline worker
+    queue_s: float | None = None  # waiting for the pipeline thread
     prepare_s: float | None = None  # validation, input images, prompt encoding setup
     pipeline_s: float | None = None  # the pipeline call (shared by a whole batch)
     write_s: float | None = None  # encoding and writing the output file
@@ -31,7 +31,8 @@ class RequestTimings:
     width: int = 0
     height: int = 0
     steps: int = 0
-    batch: int = 0  # requests in the pipeline call this one was part of
+    batch: int = 0  # requests in the pipeline call (largest denoising step) it was part of
+    shared_steps: int | None = None  # step-level batching: steps it shared with others
 
     def as_fields(self) -> dict[str, object]:
         """The set values as plain fields (seconds rounded), for logs."""
@@ -50,6 +51,8 @@ class RequestTimings:
             fields["steps"] = self.steps
         if self.batch:
             fields["batch"] = self.batch
+        if self.shared_steps is not None:
+            fields["shared_steps"] = self.shared_steps
         return fields
 
 
@@ -61,6 +64,9 @@ class Sink(Protocol):
 
     def pipeline_call(self, pipeline: str, batch: int, steps: int) -> None:
         """One successful image pipeline call made ``batch`` images of ``steps`` steps."""
+
+    def denoising_step(self, active: int, seconds: float) -> None:
+        """One step of a step-level batch served ``active`` requests in ``seconds``."""
 
 
 _local = threading.local()
@@ -106,9 +112,10 @@ def dequeued(record: RequestTimings | None) -> None:
         sink.queue_changed(-1)
 
 
-def pipeline_ran(items: list[tuple[RequestTimings | None, int, int]], pipeline: str,
+def pipeline_ran(items: list[tuple[RequestTimings | None, int | None, int]], pipeline: str,
                  seconds: float) -> None:
-    """A pipeline call served ``items`` (record, seed, steps): note it on each request."""
+    """A pipeline call served ``items`` (record, seed or None, steps): note it on each
+    request. The seed is the value the plan used, never read back from the reply."""
     for record, seed, steps in items:
         if record is not None:
             record.pipeline_s, record.pipeline, record.batch = seconds, pipeline, len(items)
@@ -117,10 +124,22 @@ def pipeline_ran(items: list[tuple[RequestTimings | None, int, int]], pipeline: 
         sink.pipeline_call(pipeline, len(items), items[0][2])
 
 
-def work_ran(record: RequestTimings | None, pipeline: str, seconds: float) -> None:
-    """A video or upscale call (pipeline and file writing together) took ``seconds``."""
+def stepped_request_ran(record: RequestTimings | None, *, seed: int, steps: int, pipeline: str,
+                        seconds: float, batch: int, shared_steps: int) -> None:
+    """A request served by step-level batching finished its denoising in ``seconds``: the
+    largest step it was part of and how many of its steps it shared."""
     if record is not None:
-        record.pipeline_s, record.pipeline, record.batch = seconds, pipeline, 1
+        record.pipeline_s, record.pipeline, record.batch = seconds, pipeline, batch
+        record.seed, record.steps, record.shared_steps = seed, steps, shared_steps
+    if sink is not None:
+        sink.pipeline_call(pipeline, 1, steps)
+
+
+def step_ran(active: int, seconds: float) -> None:
+    """One denoising step of a step-level batch served ``active`` requests."""
+    step = getattr(sink, "denoising_step", None)
+    if step is not None:
+        step(active, seconds)
 
 
 def wrote(record: RequestTimings | None, image: object, seconds: float) -> None:

@@ -106,11 +106,13 @@ def log_request(method: str, code: str, total_s: float, record: RequestTimings) 
     fields.update(record.as_fields())
     size = f"{record.width}x{record.height}" if record.width and record.height else "-"
     seed = "-" if record.seed is None else str(record.seed)
+    # Step-level batching: how many of its denoising steps the request shared with others.
+    shared = "" if record.shared_steps is None else f" shared_steps={record.shared_steps}"
     request_log.info(
         "%s %s in %.3fs (queue %s, prepare %s, pipeline %s, write %s) seed=%s size=%s "
-        "steps=%s batch=%s pipeline=%s",
+        "steps=%s batch=%s pipeline=%s%s",
         method, code, total_s, _seconds(record.queue_s), _seconds(record.prepare_s),
         _seconds(record.pipeline_s), _seconds(record.write_s), seed, size,
-        record.steps or "-", record.batch or "-", record.pipeline or "-",
+        record.steps or "-", record.batch or "-", record.pipeline or "-", shared,
         extra={"fields": fields},
     )

@@ -17,7 +17,7 @@ import pytest
 
 from diffusers_backend.engine.batch_sizer import BatchSizer
 from diffusers_backend.engine.engine import Engine
-from diffusers_backend.errors import Cancelled
+from diffusers_backend.errors import Cancelled, InvalidArgument
 from diffusers_backend.settings import Settings
 
 
@@ -31,6 +31,7 @@ class Recorder:
     run_s: float = 0.0
     write_s: float = 0.0
     oom_above: int = 0  # batches larger than this raise out of memory
+    replanned: list[tuple[str, object]] = field(default_factory=list)  # (plan, new model)
 
 
 @dataclass(eq=False)
@@ -47,7 +48,8 @@ class StubPlan:
         return self.key
 
     def replan(self, loaded: object) -> StubPlan:
-        return StubPlan(self.name, self.recorder, loaded, self.key)
+        self.recorder.replanned.append((self.name, loaded))
+        return StubPlan(f"{self.name} replanned", self.recorder, loaded, self.key)
 
     @staticmethod
     def run(batch: list[StubPlan], variants: object, is_cancelled) -> list[str]:
@@ -235,7 +237,42 @@ def test_a_plan_validated_against_an_old_model_is_validated_again(make_engine):
     stale = StubPlan("stale", recorder, loaded)
     newer = Loaded()
     engine.swap(newer)  # type: ignore[arg-type]
-    assert engine.submit(stale, lambda: False) == "output of stale"
+    assert engine.submit(stale, lambda: False) == "output of stale replanned"
+    assert recorder.replanned == [("stale", newer)]
+    assert recorder.batches == [["stale replanned"]]  # the new plan ran, not the stale one
+
+
+def test_a_queued_request_is_planned_with_the_dispatch_it_was_validated_with(make_engine):
+    """The runtime hands the engine its dispatch (an image request on a video model becomes a
+    video plan): the engine replans with it, not with the plan's own kind."""
+    engine, loaded = make_engine()
+    recorder = Recorder()
+    newer = Loaded()
+    engine.swap(newer)  # type: ignore[arg-type]
+    dispatched = []
+
+    def dispatch(current: object) -> StubPlan:
+        dispatched.append(current)
+        return StubPlan("video plan", recorder, current, key=None)
+
+    assert engine.submit(StubPlan("image plan", recorder, loaded), lambda: False,
+                         replan=dispatch) == "output of video plan"
+    assert dispatched == [newer] and recorder.replanned == []
+
+
+def test_a_request_the_new_model_cannot_serve_is_refused_naming_the_change(make_engine):
+    engine, loaded = make_engine()
+    newer = Loaded()
+    newer.identity = "tiny-video"  # type: ignore[attr-defined]
+    engine.swap(newer)  # type: ignore[arg-type]
+
+    def refuse(current: object) -> StubPlan:
+        raise InvalidArgument("the loaded TextToVideoSDPipeline needs a prompt")
+
+    with pytest.raises(InvalidArgument) as refused:
+        engine.submit(StubPlan("stale", Recorder(), loaded), lambda: False, replan=refuse)
+    assert "model changed to tiny-video while this request waited" in str(refused.value)
+    assert "needs a prompt" in str(refused.value)
 
 
 # -- batch sizer ------------------------------------------------------------------------------
