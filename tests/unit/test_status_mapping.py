@@ -7,6 +7,7 @@ Every branch has a test here, so removing or reordering one fails this file. The
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Iterator
@@ -151,6 +152,19 @@ def test_a_missing_file_without_a_path_is_not_found_with_its_text():
 def test_a_permission_error_is_permission_denied_naming_the_path():
     error = PermissionError(13, "Permission denied", "/models/out.png")
     assert status_for(error) == (Code.PERMISSION_DENIED, "permission denied: /models/out.png")
+
+
+def test_a_path_os_error_met_in_a_library_is_the_users_to_fix(tmp_path):
+    """A real ENAMETOOLONG (a 300-character file name) is INVALID_ARGUMENT naming the
+    problem; ENOSPC is RESOURCE_EXHAUSTED; an OS error about no path of the request (EIO)
+    stays INTERNAL."""
+    with pytest.raises(OSError) as caught:
+        (tmp_path / ("x" * 300 + ".png")).open("wb")
+    code, message = status_for(caught.value)
+    assert code is Code.INVALID_ARGUMENT and "name too long" in message
+    full = OSError(errno.ENOSPC, "No space left on device", "/out/a.png")
+    assert status_for(full)[0] is Code.RESOURCE_EXHAUSTED
+    assert status_for(OSError(errno.EIO, "Input/output error"))[0] is Code.INTERNAL
 
 
 def test_a_library_value_error_is_invalid_argument():
