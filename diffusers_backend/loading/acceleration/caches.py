@@ -117,6 +117,15 @@ def apply_cache(pipe: Any, options: dict[str, Any]) -> str:
     return f"cache {kind.name} ({kind.knob.removeprefix('cache_')} {value})"
 
 
+def has_step_cache(pipe: Any) -> bool:
+    """Whether a step cache is on: its reuse follows one generation's steps, so the engine's
+    step-level batching (rows at different steps in one denoiser call) must not serve it."""
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None and getattr(transformer, "is_cache_enabled", False):
+        return True
+    return unet_cache.schedule_of(getattr(pipe, "unet", None)) is not None
+
+
 def remove_cache(pipe: Any) -> None:
     """Switch the cache off again (benchmarks compare on and off on the same weights)."""
     transformer = getattr(pipe, "transformer", None)

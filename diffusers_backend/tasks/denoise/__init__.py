@@ -16,6 +16,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from diffusers_backend.loading.acceleration.caches import has_step_cache
 from diffusers_backend.tasks.denoise import sd3, unet
 from diffusers_backend.tasks.denoise.slot import Slot
 
@@ -52,6 +53,8 @@ def step_key(plan: Any) -> tuple | None:
     loaded = plan.loaded
     loop = loop_for(loaded.pipe)
     if loop is None or set(loaded.spec.call_options) - loop.KEYS:
+        return None
+    if has_step_cache(loaded.pipe):  # a step cache's reuse follows one generation's steps
         return None
     return ("steps", id(loaded), loop.__name__, plan.width, plan.height)
 
