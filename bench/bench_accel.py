@@ -73,7 +73,7 @@ def _build_flux(path: Path) -> None:
         sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 8, 8, 8),
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False,
-        use_post_quant_conv=False).eval()
+        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035).eval()
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
         text_encoder=tiny_clip_text_encoder(0), tokenizer=tiny_clip_tokenizer(),
@@ -102,7 +102,7 @@ def _build_sd(path: Path) -> None:
 
 
 def flux_path() -> Path:
-    return cached_build("bench-accel-flux", _build_flux)
+    return cached_build("bench-accel-flux-v2", _build_flux)
 
 
 def sd_path() -> Path:
