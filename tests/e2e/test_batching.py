@@ -1,4 +1,5 @@
-"""Queued text-to-image requests share one pipeline call, each still made from its own seed.
+"""Request-level batching (step-level batching switched off): queued text-to-image requests
+share one pipeline call, each still made from its own seed.
 
 Every test here checks, from the server's request log lines, that the batch really formed,
 and compares every member with the same request served by a server that never batches."""
@@ -16,10 +17,12 @@ BURST = 12
 @pytest.fixture(scope="module")
 def batching_server(tmp_path_factory, tiny_sd):
     """A burst of BURST fills the batch limit, so its call starts as soon as all are queued;
-    the long window only matters if a busy machine delays one of them."""
+    the long window only matters if a busy machine delays one of them. Step-level batching
+    (tested in test_engine_serving.py) is off, so this is one pipeline call per batch."""
     server = start_backend(tmp_path_factory.mktemp("batching"),
                            env={"PYTHON_GRPC_MAX_WORKERS": "4", "DIFFUSERS_MAX_BATCH": str(BURST),
-                                "DIFFUSERS_BATCH_WINDOW_MS": "2000"})
+                                "DIFFUSERS_BATCH_WINDOW_MS": "2000",
+                                "DIFFUSERS_STEP_BATCHING": "0"})
     assert server.load(tiny_sd).success
     yield server
     server.stop()
