@@ -32,6 +32,7 @@ class Recorder:
     write_s: float = 0.0
     oom_above: int = 0  # batches larger than this raise out of memory
     replanned: list[tuple[str, object]] = field(default_factory=list)  # (plan, new model)
+    running: threading.Event = field(default_factory=threading.Event)  # a batch has started
 
 
 @dataclass(eq=False)
@@ -58,6 +59,7 @@ class StubPlan:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         recorder.started.append(time.monotonic())
         recorder.batches.append([p.name for p in batch])
+        recorder.running.set()
         time.sleep(recorder.run_s)
         return [f"output of {p.name}" for p in batch]
 
@@ -91,11 +93,15 @@ def make_engine():
 
 
 def _client(engine: Engine, plan: StubPlan, results: dict, validate_s: float = 0.0,
-            cancelled=lambda: False) -> threading.Thread:
-    """A request thread: validation (``validate_s``), then submit, as the runtime does."""
+            cancelled=lambda: False, validating: threading.Event | None = None,
+            ) -> threading.Thread:
+    """A request thread: validation (``validate_s``), then submit, as the runtime does;
+    ``validating`` is set once the engine counts it as arriving."""
 
     def serve() -> None:
         with engine.arriving() as arrival:
+            if validating is not None:
+                validating.set()
             time.sleep(validate_s)
             try:
                 results[plan.name] = engine.submit(plan, cancelled, arrival)
@@ -156,8 +162,10 @@ def test_the_window_is_bounded_by_a_slow_companion(make_engine):
     engine, loaded = make_engine(batch_window_ms=100)
     recorder = Recorder()
     results: dict = {}
-    slow = _client(engine, StubPlan("slow", recorder, loaded), results, validate_s=3.0)
-    time.sleep(0.05)
+    validating = threading.Event()
+    slow = _client(engine, StubPlan("slow", recorder, loaded), results, validate_s=3.0,
+                   validating=validating)
+    assert validating.wait(10)  # the engine knows a companion is on its way
     started = time.monotonic()
     fast = _client(engine, StubPlan("fast", recorder, loaded), results)
     fast.join(timeout=10)
@@ -204,8 +212,8 @@ def test_a_cancelled_request_inside_a_batch_is_answered_cancelled(make_engine):
     recorder = Recorder(run_s=0.4)
     plans = [StubPlan(f"r{i}", recorder, loaded) for i in range(3)]
     gone = threading.Event()
-    timer = threading.Timer(0.25, gone.set)  # while the batch runs
-    timer.start()
+    # r1's client goes away once the batch runs (not before: it would not be taken).
+    threading.Thread(target=lambda: recorder.running.wait(30) and gone.set()).start()
     results = _run_clients(engine, plans, validate_s=0.002, cancelled={"r1": gone.is_set})
     assert [len(b) for b in recorder.batches] == [3]
     assert isinstance(results["r1"], Cancelled)
@@ -227,7 +235,11 @@ def test_idle_engine_gives_memory_back_once(make_engine):
     engine, loaded = make_engine(releases, idle_release_s=0.1)
     recorder = Recorder()
     _run_clients(engine, [StubPlan("r0", recorder, loaded)])
-    time.sleep(0.6)
+    deadline = time.monotonic() + 10
+    while not releases and time.monotonic() < deadline:  # the first idle period ends
+        time.sleep(0.01)
+    assert len(releases) == 1
+    time.sleep(0.5)  # five more idle periods: nothing new to give back
     assert len(releases) == 1  # once per idle period, not every 0.1 s
 
 
