@@ -23,7 +23,7 @@ ifeq ($(BUILD_TYPE),cpu)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 endif
 
-.PHONY: install protogen run demo test lint typecheck bench clean
+.PHONY: install protogen run demo test test-fast lint typecheck bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ demo: install
 
 test: install $(DEV_STAMP)
 	./test.sh
+
+# The unit tier (tests/unit, no server process, slow tests left out): under a minute.
+test-fast: install $(DEV_STAMP)
+	./test.sh --fast
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,13 +1,47 @@
 """Shared fixtures: tiny pipelines on disk and real backend servers on loopback (the
-harness itself, for modules to import, is ``harness.py``)."""
+harness itself, for modules to import, is ``harness.py``), and the test tiers: every test
+under tests/unit is marked ``unit``, every test under tests/e2e ``e2e``.
+
+Nothing here or in ``harness.py`` acts at import: the offline environment and the gRPC stubs
+are set up in :func:`pytest_configure`, before any test module is imported."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from harness import BackendProcess, start_backend
+
+if TYPE_CHECKING:
+    from harness import BackendProcess
+
+TIERS = ("unit", "e2e")  # folders under tests/, each a marker of the same name
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Offline (no test reaches the Hub) and the gRPC stubs generated if `make protogen`
+    has not run (a bare pytest call); test modules import the stubs through ``harness``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from diffusers_backend.serving.protogen import generate
+
+    generate()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, from the folder it lives in (``-m unit``, ``-m e2e``)."""
+    for item in items:
+        for tier in TIERS:
+            if tier in item.path.relative_to(config.rootpath).parts[:2]:
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+def start_backend(*args, **kwargs) -> BackendProcess:
+    from harness import start_backend as start
+
+    return start(*args, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from typing import Any
 
 from diffusers_backend.errors import LoadError
 from diffusers_backend.loading import options_table
+from diffusers_backend.loading.control_options import check_control_options
 
 DTYPE_NAMES = {
     "fp16": "float16",
@@ -159,6 +160,4 @@ class LoadSpec:
         if not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
             raise LoadError(f"cfg_scale must be a finite number, 0 or more, got {self.cfg_scale}")
         options_table.validate_options(self.options)
-        from diffusers_backend.media.control import check_control_options
-
         check_control_options(self.options, self.model_path)

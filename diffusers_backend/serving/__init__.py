@@ -1,0 +1,2 @@
+"""The gRPC face of the backend: server start-up, one thin method per RPC, status mapping,
+request logs, metrics and the command-line client."""

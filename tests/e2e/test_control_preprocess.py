@@ -14,10 +14,10 @@ from PIL import Image, ImageDraw
 from tiny_models import cached_build, tiny_controlnet_path
 
 from diffusers_backend.errors import LoadError
+from diffusers_backend.loading.control_options import check_control_options
 from diffusers_backend.media.control import (
     canny_edges,
     canny_image,
-    check_control_options,
     depth_image,
     preprocess_control,
 )

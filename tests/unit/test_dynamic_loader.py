@@ -19,10 +19,8 @@ from pathlib import Path
 
 import pytest
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-
-import diffusers_dynamic_loader as dl  # noqa: E402
-from diffusers_backend.registry.store import REGISTRY  # noqa: E402
+import diffusers_dynamic_loader as dl
+from diffusers_backend.registry.store import REGISTRY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AUTO_CORE = {"AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting"}
@@ -68,17 +66,15 @@ def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """Every test uses a private cache dir and starts from clean in-process caches."""
+    """Every test uses a private cache dir, never the Hub, and starts from clean in-process
+    caches."""
     cache = tmp_path_factory.mktemp("loader-cache")
-    old = os.environ.get("DIFFUSERS_LOADER_CACHE_DIR")
-    os.environ["DIFFUSERS_LOADER_CACHE_DIR"] = str(cache)
-    dl.clear_caches()
-    yield cache
-    dl.clear_caches()
-    if old is None:
-        os.environ.pop("DIFFUSERS_LOADER_CACHE_DIR", None)
-    else:
-        os.environ["DIFFUSERS_LOADER_CACHE_DIR"] = old
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DIFFUSERS_LOADER_CACHE_DIR", str(cache))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        dl.clear_caches()
+        yield cache
+        dl.clear_caches()
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +125,7 @@ def test_registry_is_a_cached_read_only_lazy_mapping():
     assert reg.get("NoSuchPipeline") is None
 
 
+@pytest.mark.slow
 def test_registry_complete_against_full_scan(full_scan):
     names = set(dl.get_pipeline_registry())
     scan_pipes = {n for n, v in full_scan.items() if v["pipeline"]}
@@ -138,6 +135,7 @@ def test_registry_complete_against_full_scan(full_scan):
     assert all(n.startswith("AutoPipelineFor") for n in extra), extra
 
 
+@pytest.mark.slow
 def test_recorded_facts_match_real_classes(full_scan):
     records = dl._get_records()["pipelines"]
     for name, real in full_scan.items():

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from diffusers_backend import prompts  # noqa: E402
-from diffusers_backend.errors import InvalidArgument  # noqa: E402
-from diffusers_backend.prompts import (  # noqa: E402
+from diffusers_backend import prompts
+from diffusers_backend.errors import InvalidArgument
+from diffusers_backend.prompts import (
     build_prompt_kwargs,
     clip_skip_kwargs,
     compel_available,
     compel_prompt_kwargs,
-    compel_sd,  # noqa: E402
+    compel_sd,
     effective_clip_skip,
     warn_if_compel_missing,
 )

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from diffusers_backend.errors import InvalidArgument  # noqa: E402
-from diffusers_backend.loading.schedulers import (  # noqa: E402
+from diffusers_backend.errors import InvalidArgument
+from diffusers_backend.loading.schedulers import (
     apply_scheduler,
     available_scheduler_names,
     make_scheduler,
@@ -67,6 +63,7 @@ def test_available_names_are_the_a1111_names_plain_and_karras():
     assert len(names) == len(set(names)) == 24
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*A1111, *("k_" + n for n in A1111)])
 def test_every_name_generates_with_any_step_count(pipe, name):
     import numpy as np
@@ -164,6 +161,7 @@ def test_switching_repeatedly_starts_from_the_loaded_config(pipe):
         pipe.scheduler = original
 
 
+@pytest.mark.slow
 def test_different_schedulers_give_different_images(pipe):
     import numpy as np
 

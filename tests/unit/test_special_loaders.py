@@ -47,6 +47,7 @@ def test_flux_quantization_without_quanto_says_what_to_install(monkeypatch, tiny
                           Settings())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, qtype", [("int8", "qint8"), ("fp8", "qfloat8"),
                                          ("int4", "qint4")])
 def test_flux_quantized_load_quantizes_transformer_and_t5(name, qtype):

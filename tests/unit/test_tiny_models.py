@@ -35,6 +35,7 @@ def sd_image(sd_pipe):
     return sd_pipe(PROMPT, generator=_generator(), **IMAGE_KW).images
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Already found a `peft_config`:UserWarning")
 def test_lora_files_change_the_image_and_stack(sd_pipe, sd_image):
     first, second = tm.tiny_lora_path(), tm.tiny_lora2_path()
@@ -57,6 +58,7 @@ def test_lora_files_change_the_image_and_stack(sd_pipe, sd_image):
     assert _max_diff(unloaded, sd_image) < 1e-5
 
 
+@pytest.mark.slow
 def test_controlnet_control_image_changes_the_output(sd_pipe):
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
@@ -73,6 +75,7 @@ def test_controlnet_control_image_changes_the_output(sd_pipe):
     assert _max_diff(outputs[0], outputs[1]) > 0.02
 
 
+@pytest.mark.slow
 def test_upscaler_doubles_the_size():
     from diffusers import StableDiffusionUpscalePipeline
 
@@ -83,6 +86,7 @@ def test_upscaler_doubles_the_size():
     assert image.size == (64, 48)
 
 
+@pytest.mark.slow
 def test_svd_returns_frames():
     from diffusers import StableVideoDiffusionPipeline
 
@@ -101,6 +105,7 @@ def test_svd_returns_frames():
     assert all(isinstance(f, Image.Image) and f.size == (64, 64) for f in frames[0])
 
 
+@pytest.mark.slow
 def test_text_to_video_returns_frames():
     from diffusers import DiffusionPipeline
 
@@ -114,6 +119,7 @@ def test_text_to_video_returns_frames():
     assert 0.0 <= frames.min() and frames.max() <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ext", ["safetensors", "ckpt"])
 def test_single_file_loads_the_same_weights(sd_pipe, sd_image, ext):
     from diffusers import StableDiffusionPipeline
