@@ -133,6 +133,25 @@ def check_model_names(spec: LoadSpec) -> None:
     found = path_guard.lookup(model_file) if model_file else None
     if found is not None and not stat.S_ISDIR(found.st_mode):
         path_guard.check_file(model_file, "ModelFile", "model file")
+    for key in ("config", "original_config"):  # options that name a file or folder
+        named = spec.load_options.get(key)
+        if isinstance(named, str) and named.strip():
+            _check_side_file(named.strip(), spec.model_path, key)
+
+
+def _check_side_file(reference: str, model_path: str, what: str) -> None:
+    """A path an option names beside the model: confined, and a file or a folder."""
+    path = Path(os.path.expanduser(reference))
+    if path.is_absolute() or reference.startswith((".", "~")):
+        path_guard.confine(reference, what)
+    candidates = [path] if path.is_absolute() else [Path(model_path) / path, path]
+    for candidate in candidates:
+        found = path_guard.lookup(str(candidate))
+        if found is not None:
+            path_guard.confine(str(candidate), what)
+            if not stat.S_ISDIR(found.st_mode):
+                path_guard.check_file(str(candidate), what, "config file")
+            return
 
 
 def check_model_location(ref: ModelRef, safetensors_only: bool) -> None:

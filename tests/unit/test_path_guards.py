@@ -240,3 +240,13 @@ def test_os_errors_from_inside_a_library_are_not_internal():
         assert got == code, (number, got, message)
         assert len(message) < 400
     assert status_for(OSError(errno.EIO, "I/O error"))[0] == grpc.StatusCode.INTERNAL
+
+
+def test_a_fifo_config_option_is_refused(tmp_path):
+    from diffusers_backend.loading.spec import LoadSpec
+
+    os.mkfifo(tmp_path / "v1-inference.yaml")
+    spec = LoadSpec(model="m.safetensors", model_path=str(tmp_path),
+                    options={"original_config": "v1-inference.yaml"})
+    with pytest.raises(InvalidArgument, match="FIFO"):
+        _finishes(lambda: weight_guard.check_model_names(spec))
