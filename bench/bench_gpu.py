@@ -26,6 +26,7 @@ Run:
   ... --part serving / --part compile              # the two halves, e.g. for a job time limit
   python bench/bench_gpu.py --arch sdxl --part accel   # acceleration options vs off (below)
   python bench/bench_gpu.py --arch flux --part accel   # Flux.1-dev-size transformer, caches
+  python bench/bench_gpu.py --arch sd15 --part continuous  # step-level vs request-level
 
 ``--part accel`` loads the model in-process through the backend's own LoadModel code with
 each acceleration option and compares it with the option off, interleaved (bench_accel.py's
@@ -124,7 +125,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
                         help="interleaved bare/served single-image pairs (default: 9 CUDA, 5 CPU)")
     parser.add_argument("--rounds", type=int,
                         help="Poisson runs per batching mode, alternating (default: 1)")
-    parser.add_argument("--part", choices=("all", "serving", "compile", "accel"), default="all",
+    parser.add_argument("--part", choices=("all", "serving", "compile", "accel", "continuous"),
+                        default="all",
                         help="serving: everything but compile; compile: only the compile "
                         "comparison (e.g. to stay under a 10-minute job limit)")
     parser.add_argument("--compile", action="store_true",
@@ -705,6 +707,16 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
         print("  ".join(cells).rstrip())
 
 
+def measure_continuous(cfg: Config, path: Path) -> None:
+    """Step-level vs request-level batching under Poisson arrivals (bench_continuous.py's
+    rows) on this model and size: ``--part continuous``."""
+    from bench_continuous import main as continuous
+
+    print("\nstep-level vs request-level batching (bench_continuous.py)")
+    continuous(["--model", str(path), "--size", str(cfg.px),
+                "--requests", "40" if cfg.cuda else "12", "--repeats", str(cfg.repeats)])
+
+
 def device_name() -> str:
     import torch
 
@@ -735,6 +747,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"model: {path} (ready in {time.monotonic() - started:.1f} s)")
     if cfg.part == "accel":
         measure_acceleration(cfg, path)
+    elif cfg.part == "continuous":
+        measure_continuous(cfg, path)
     else:
         if cfg.serving:
             measure_serving(cfg, path)

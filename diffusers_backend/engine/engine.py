@@ -234,6 +234,7 @@ class Engine:
                     finally:
                         self._cv.acquire()
             ticket = self.scheduler.pop()
+            assert ticket is not None  # the queue is not empty here
             timings.dequeued(ticket.record)
             return ticket
 
@@ -268,7 +269,9 @@ class Engine:
             if step_key is not None:
                 from diffusers_backend.engine.stepping import StepLoop
 
-                StepLoop(self, loaded, variants, step_key).run(first, plan)
+                with profiled(self._settings.profile_dir,
+                              f"{type(plan).__name__} x1+ (step-level loop)"):
+                    StepLoop(self, loaded, variants, step_key).run(first, plan)
                 return
             batch = [(first, plan)]
             key = plan.batch_key()

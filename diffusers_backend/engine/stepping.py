@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from diffusers_backend.engine import timings
 from diffusers_backend.errors import Cancelled, is_out_of_memory
 from diffusers_backend.tasks import denoise
+from diffusers_backend.tasks.denoise.slot import Slot
 
 if TYPE_CHECKING:
     from diffusers_backend.engine.engine import Engine, Ticket
@@ -31,7 +32,7 @@ class Member:
 
     ticket: Ticket
     plan: Any
-    slot: denoise.Slot
+    slot: Slot
     admitted_at: float
     shared_steps: int = 0  # steps whose denoiser call also served other requests
     largest_batch: int = 1
@@ -47,6 +48,7 @@ class StepLoop:
         self.active: list[Member] = []
         self.pixels = 0
         self.cap: int | None = None  # lowered after running out of memory
+        self.served = 0  # requests whose pictures this loop made
 
     def run(self, first: Ticket, plan: Any) -> None:
         """Run until no request is left; an unexpected error fails every active request."""
@@ -66,6 +68,8 @@ class StepLoop:
                 if not member.ticket.done.is_set():
                     member.ticket.finish(error=exc)
             raise
+        finally:
+            timings.loop_drained(type(self.pipe).__name__, self.served)
 
     # -- admission --------------------------------------------------------------------------
     def _admit(self, ticket: Ticket, plan: Any) -> None:
@@ -107,7 +111,7 @@ class StepLoop:
             self._step_failed(exc)
             return
         seconds = timings.now() - started
-        timings.step_ran(len(slots), seconds)
+        timings.step_ran(type(self.pipe).__name__, len(slots), seconds)
         for member in self.active:
             member.largest_batch = max(member.largest_batch, len(slots))
             if len(slots) > 1:
@@ -150,4 +154,5 @@ class StepLoop:
                 member.ticket.record, seed=member.plan.seed, steps=member.plan.steps,
                 pipeline=type(self.pipe).__name__, seconds=seconds,
                 batch=member.largest_batch, shared_steps=member.shared_steps)
+            self.served += 1
             self.engine.hand_to_writer(member.ticket, member.plan, picture)

@@ -65,8 +65,10 @@ class Sink(Protocol):
     def pipeline_call(self, pipeline: str, batch: int, steps: int) -> None:
         """One successful image pipeline call made ``batch`` images of ``steps`` steps."""
 
-    def denoising_step(self, active: int, seconds: float) -> None:
-        """One step of a step-level batch served ``active`` requests in ``seconds``."""
+    def denoising_step(self, pipeline: str, active: int, seconds: float) -> None:
+        """One step of a step-level batch served ``active`` requests in ``seconds`` (the
+        images of a step-level batch are reported once it drains, as one ``pipeline_call``
+        of ``steps=0``: its steps are counted here)."""
 
 
 _local = threading.local()
@@ -131,15 +133,19 @@ def stepped_request_ran(record: RequestTimings | None, *, seed: int, steps: int,
     if record is not None:
         record.pipeline_s, record.pipeline, record.batch = seconds, pipeline, batch
         record.seed, record.steps, record.shared_steps = seed, steps, shared_steps
-    if sink is not None:
-        sink.pipeline_call(pipeline, 1, steps)
 
 
-def step_ran(active: int, seconds: float) -> None:
+def step_ran(pipeline: str, active: int, seconds: float) -> None:
     """One denoising step of a step-level batch served ``active`` requests."""
     step = getattr(sink, "denoising_step", None)
     if step is not None:
-        step(active, seconds)
+        step(pipeline, active, seconds)
+
+
+def loop_drained(pipeline: str, served: int) -> None:
+    """A step-level batch served ``served`` requests (its steps were counted per step)."""
+    if sink is not None and served > 0:
+        sink.pipeline_call(pipeline, served, 0)
 
 
 def wrote(record: RequestTimings | None, image: object, seconds: float) -> None:

@@ -27,6 +27,7 @@ GENERATION_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 60
 QUEUE_SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LOAD_SECONDS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+STEP_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 _SIZE_BUCKETS = tuple((side * side, f"<={side}x{side}")
                       for side in (256, 512, 768, 1024, 1536, 2048, 4096))
 MemoryReader = Callable[[], tuple[int, dict[str, int]]]
@@ -105,6 +106,12 @@ class Metrics:
                              registry=reg)
         self.queue_depth = Gauge("diffusers_queue_depth",
                                  "Generation requests waiting for the pipeline", registry=reg)
+        self.active_batch = Histogram("diffusers_active_batch_size",
+                                      "Requests sharing one denoising step (step-level "
+                                      "batching)", buckets=BATCH_SIZES, registry=reg)
+        self.step_seconds = Histogram("diffusers_denoising_step_seconds",
+                                      "Time of one denoising step of a step-level batch",
+                                      buckets=STEP_SECONDS, registry=reg)
         ProcessCollector(registry=reg)  # the standard process_* series (Linux)
 
     def watch_runtime(self, memory: MemoryReader, state: Callable[[], int]) -> None:
@@ -122,6 +129,12 @@ class Metrics:
         self.images.labels(pipeline).inc(batch)
         if steps > 0:
             self.steps.labels(pipeline).inc(batch * steps)
+
+    def denoising_step(self, pipeline: str, active: int, seconds: float) -> None:
+        """One step of a step-level batch served ``active`` requests in ``seconds``."""
+        self.active_batch.observe(active)
+        self.step_seconds.observe(seconds)
+        self.steps.labels(pipeline).inc(active)
 
     # -- called by the RPC layer once per call -----------------------------------------
     def observe_rpc(self, service: str, method: str, code: str, seconds: float,

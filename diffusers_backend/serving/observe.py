@@ -9,7 +9,6 @@ when metrics are on, counts the call. Reporting never changes or breaks the call
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,6 @@ if TYPE_CHECKING:  # prometheus_client is imported only when metrics are on
 
 log = logging.getLogger(__name__)
 GENERATION_METHODS = frozenset({"GenerateImage", "GenerateVideo", "UpscaleImage"})
-_SEED = re.compile(r"\bseed=(-?\d+)")
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
@@ -37,7 +35,9 @@ def _code_name(context: grpc.ServicerContext, response: Any) -> str:
 
 def _complete(record: timings.RequestTimings, request: Any, response: Any,
               started: float) -> None:
-    """Fill what the worker could not know (video/upscale) from the request and reply.
+    """Fill what the engine could not know (size and steps of calls it never saw) from the
+    request. Per-call facts (seed used, steps, pipeline class) come from the engine as
+    values, never read back from the reply text.
 
     The request thread validates the request and builds its pipeline call before it
     queues it, so the time from the call's start to joining the queue is its prepare time.
@@ -49,10 +49,6 @@ def _complete(record: timings.RequestTimings, request: Any, response: Any,
         record.height = int(getattr(request, "height", 0) or 0)
     if not record.steps:
         record.steps = int(getattr(request, "step", 0) or 0)
-    if record.seed is None:
-        match = _SEED.search(getattr(response, "message", "") or "")
-        if match:
-            record.seed = int(match.group(1))
 
 
 class RpcObserver:

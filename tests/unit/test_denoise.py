@@ -20,7 +20,7 @@ TOLERANCE = 2  # of 255, per pixel channel
 
 def _calls() -> list[dict]:
     return [dict(prompt=f"a cat number {i}", negative_prompt="blurry" if i % 2 else None,
-                 num_inference_steps=[4, 9, 3, 6][i], guidance_scale=[7.0, 1.0, 4.5, 7.0][i],
+                 num_inference_steps=[3, 6, 2, 4][i], guidance_scale=[7.0, 1.0, 4.5, 7.0][i],
                  width=64, height=64, seed=100 + i) for i in range(4)]
 
 
@@ -56,14 +56,24 @@ def _together(pipe, calls: list[dict]) -> tuple[list[np.ndarray], list[int]]:
     return [done[i] for i in range(len(calls))], sizes
 
 
-def _pipe(path_builder, scheduler: str | None = None):
+def _pipe(path_builder, scheduler: str | None = None, pipe=None):
     import diffusers
 
-    pipe = diffusers.DiffusionPipeline.from_pretrained(str(path_builder()))
-    pipe.set_progress_bar_config(disable=True)
+    if pipe is None:
+        pipe = diffusers.DiffusionPipeline.from_pretrained(str(path_builder()))
+        pipe.set_progress_bar_config(disable=True)
+        pipe.saved_scheduler_config = pipe.scheduler.config  # each test starts from the model's
     if scheduler is not None:
-        pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+        config = pipe.saved_scheduler_config
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(config)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def sd_pipe():
+    from tiny_models import tiny_sd_path
+
+    return _pipe(tiny_sd_path)
 
 
 def _check(pipe) -> None:
@@ -79,10 +89,8 @@ UNET_SCHEDULERS = sorted(denoise.SUPPORTED_SCHEDULERS - {"FlowMatchEulerDiscrete
 
 
 @pytest.mark.parametrize("scheduler", UNET_SCHEDULERS)
-def test_sd_in_the_loop_equals_served_alone(scheduler):
-    from tiny_models import tiny_sd_path
-
-    _check(_pipe(tiny_sd_path, scheduler))
+def test_sd_in_the_loop_equals_served_alone(scheduler, sd_pipe):
+    _check(_pipe(None, scheduler, pipe=sd_pipe))
 
 
 def test_sdxl_in_the_loop_equals_served_alone():
@@ -102,4 +110,5 @@ def test_unsupported_schedulers_and_families_have_no_loop():
     from tiny_models import tiny_sd_path
 
     assert denoise.loop_for(_pipe(tiny_sd_path, "PNDMScheduler")) is None
+    assert denoise.loop_for(_pipe(tiny_sd_path)) is not None
     assert denoise.loop_for(_pipe(tiny_flux_path)) is None

@@ -1,0 +1,144 @@
+"""Step-level (continuous) vs request-level batching under Poisson arrivals, in one run.
+
+Two engines serve the same model in this process, one with ``DIFFUSERS_STEP_BATCHING`` on
+and one with it off (request-level batches only). Both get the same request stream: mixed
+4- and 25-step text-to-image requests (half each, seeds and prompts differ) arriving as a
+Poisson process at about 50 %, 80 % and 95 % of capacity, where capacity is the request
+rate a server that runs one request at a time sustains (1 / mean lone service time, measured
+first). The two modes are interleaved level by level, so machine load hits both alike.
+Reported per mode and level: p50 and p99 latency (arrival to file written), throughput;
+then the saturation throughput (every request queued at once) and lone-request latency.
+
+Run: .venv/bin/python bench/bench_continuous.py            (tiny SD, CPU, ~2 min idle)
+     .venv/bin/python bench/bench_continuous.py --model PATH --size 512 --requests 60  (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+STEPS = (4, 25)
+LEVELS = (0.5, 0.8, 0.95)
+
+
+def make_runtime(model: str, step_batching: bool, cuda: bool = False):
+    from diffusers_backend.engine.runtime import ModelRuntime
+    from diffusers_backend.loading.spec import LoadSpec
+    from diffusers_backend.settings import Settings
+
+    runtime = ModelRuntime(Settings(step_batching=step_batching, max_batch=16,
+                                    idle_release_s=0))
+    runtime.load(LoadSpec(model=model, cuda=cuda, f16=cuda))
+    return runtime
+
+
+def serve(runtime, folder: Path, index: int, steps: int, size: int) -> float:
+    """One request, end to end (validation, queue, denoising, PNG written); its latency."""
+    from diffusers_backend.tasks.jobs import ImageJob
+
+    job = ImageJob(prompt=f"a cube number {index}", seed=1000 + index, steps=steps,
+                   width=size, height=size, dst=str(folder / f"{index}.png"))
+    started = time.monotonic()
+    runtime.generate_image(job, lambda: False)
+    return time.monotonic() - started
+
+
+def mixed_steps(count: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    steps = [STEPS[i % 2] for i in range(count)]
+    rng.shuffle(steps)
+    return steps
+
+
+def poisson_run(runtime, folder: Path, rate: float, steps: list[int], size: int,
+                seed: int) -> tuple[list[float], float]:
+    """Requests arriving at ``rate`` per second (exponential gaps); latencies, throughput."""
+    rng = random.Random(seed)
+    latencies: list[float] = [0.0] * len(steps)
+    threads = []
+    started = time.monotonic()
+    for index, count in enumerate(steps):
+        def one(i: int = index, n: int = count) -> None:
+            latencies[i] = serve(runtime, folder, i, n, size)
+
+        thread = threading.Thread(target=one)
+        thread.start()
+        threads.append(thread)
+        time.sleep(rng.expovariate(rate))
+    for thread in threads:
+        thread.join()
+    return latencies, len(steps) / (time.monotonic() - started)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def lone_latencies(runtime, folder: Path, size: int, repeats: int) -> dict[int, float]:
+    return {n: statistics.median(serve(runtime, folder, 900 + r, n, size)
+                                 for r in range(repeats)) for n in STEPS}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="", help="model folder (default: tiny SD)")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=24, help="per mode and load level")
+    parser.add_argument("--repeats", type=int, default=3, help="lone requests per step count")
+    args = parser.parse_args(argv)
+    model = args.model
+    if not model:
+        from tiny_models import tiny_sd_path
+
+        model = str(tiny_sd_path())
+    import torch
+
+    cuda = torch.cuda.is_available()
+    modes = {"step-level": make_runtime(model, True, cuda),
+             "request-level": make_runtime(model, False, cuda)}
+    folder = Path(tempfile.mkdtemp(prefix="bench-continuous-"))
+    for runtime in modes.values():  # warm-up
+        serve(runtime, folder, 0, 2, args.size)
+    lone = {name: lone_latencies(rt, folder, args.size, args.repeats) for name, rt in modes.items()}
+    mean_service = statistics.mean(lone["request-level"][n] for n in STEPS)
+    capacity = 1.0 / mean_service
+    device = "cuda (float16)" if cuda else "cpu"
+    print(f"model {model} {args.size}x{args.size} on {device}; mixed steps {STEPS}; "
+          f"capacity (request-level, one at a time) {capacity:.2f} req/s")
+    print(f"{'load':>5} {'mode':>14} {'p50 s':>8} {'p99 s':>8} {'req/s':>7}")
+    results: dict[tuple[float, str], tuple[float, float, float]] = {}
+    for level_index, level in enumerate(LEVELS):
+        steps = mixed_steps(args.requests, level_index)
+        for name, runtime in modes.items():
+            latencies, throughput = poisson_run(runtime, folder, level * capacity, steps,
+                                                args.size, seed=level_index)
+            row = (percentile(latencies, 0.5), percentile(latencies, 0.99), throughput)
+            results[(level, name)] = row
+            print(f"{level:>5.0%} {name:>14} {row[0]:>8.3f} {row[1]:>8.3f} {row[2]:>7.2f}",
+                  flush=True)
+        step_p99, request_p99 = (results[(level, m)][1] for m in modes)
+        print(f"{'':>5} {'p99 ratio':>14} {step_p99 / request_p99:>8.2f}")
+    steps = mixed_steps(args.requests, 99)
+    for name, runtime in modes.items():
+        _, throughput = poisson_run(runtime, folder, 1e6, steps, args.size, seed=99)
+        print(f"saturation {name:>14}: {throughput:.2f} req/s")
+    for name in modes:
+        print(f"lone {name:>14}: " + ", ".join(f"{n} steps {lone[name][n]:.3f} s"
+                                               for n in STEPS))
+
+
+if __name__ == "__main__":
+    main()
