@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(BUILD_TYPE)
 DEV_STAMP := $(VENV)/.installed-dev
 
-# BUILD_TYPE picks requirements-$(BUILD_TYPE).txt (cpu, cuda, hipblas, intel, mps), as
-# LocalAI's backends do; an unknown value stops here rather than installing the CPU build.
-BUILD_TYPES := cpu cuda hipblas intel mps
+# BUILD_TYPE picks requirements-$(BUILD_TYPE).txt, as LocalAI's backends do; cublas and l4t
+# are the names LocalAI's images export (cublas = the cuda build; l4t = Jetson, untested).
+# An unknown value stops here rather than installing the CPU build.
+BUILD_TYPES := cpu cuda cublas hipblas intel mps l4t
 ifeq ($(filter $(BUILD_TYPE),$(BUILD_TYPES)),)
 $(error unknown BUILD_TYPE=$(BUILD_TYPE); use one of: $(BUILD_TYPES))
 endif

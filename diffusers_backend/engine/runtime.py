@@ -102,8 +102,9 @@ class ModelRuntime:
 
     @property
     def model_name(self) -> str:
+        """The ``Model`` the loaded model's LoadModel received (what requests name)."""
         loaded = self.engine.loaded
-        return loaded.spec.model if loaded is not None else ""
+        return loaded.identity if loaded is not None else ""
 
     def _release_memory(self) -> None:
         """release_memory, but never while torch is still being imported in the background

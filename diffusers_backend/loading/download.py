@@ -198,6 +198,10 @@ def _download(url: str, target: Path) -> Path:
     )
 
 
+def _is_existing(path: str) -> bool:
+    return bool(path.strip()) and Path(path.strip()).expanduser().exists()
+
+
 def _url_file_name(url: str) -> str:
     """The checkpoint's file name: the URL's last segment, else (download links such as
     ``/api/download/models/123``) the name the server gives in a HEAD reply."""
@@ -217,8 +221,8 @@ def fetch_url_model(spec: LoadSpec, safetensors_only: bool) -> LoadSpec:
     """``spec`` with a URL ``Model`` replaced by the downloaded file (ModelFile); any other
     spec unchanged. Raises LoadError (refused pickle, HTTP error, size mismatch)."""
     url = spec.model.strip()
-    if not is_url(url):
-        return spec
+    if not is_url(url) or _is_existing(spec.model_file):
+        return spec  # the host's own copy (managed artifacts) loads as it is
     if not spec.model_path.strip():
         raise LoadError(f"cannot download {url}: no models folder (ModelPath) to put it in")
     folder = Path(spec.model_path).expanduser()

@@ -16,6 +16,7 @@ from typing import Any
 
 from diffusers_backend.errors import BackendError, LoadError, short_message
 from diffusers_backend.loading import acceleration, adapters, download, hub, placement, special
+from diffusers_backend.loading.dependencies import check_pipeline_dependencies
 from diffusers_backend.loading.model_ref import (
     ModelRef,
     RefKind,
@@ -52,6 +53,9 @@ class LoadedPipeline:
     # What was tolerated rather than refused (LocalAI's backend loads these too): shown in
     # LoadModel's reply and the log.
     warnings: list[str] = field(default_factory=list)
+    # The ``Model`` LoadModel received, which requests name as ``ModelIdentity`` (a link
+    # stays the link after it was downloaded to a file).
+    identity: str = ""
 
     @property
     def class_name(self) -> str:
@@ -257,12 +261,14 @@ def _find(spec: LoadSpec, settings: Settings) -> tuple[LoadSpec, ModelRef, type]
     # a .gguf file is a transformer alone: its base repo names the pipeline class
     class_ref = special.gguf_base_ref(spec, settings) if special.is_gguf(ref) else ref
     try:
-        return spec, ref, resolve_class(spec, class_ref)
+        cls = resolve_class(spec, class_ref)
     except LoadError as exc:
         if ref.kind is RefKind.HUB and looks_missing(exc):
             raise LoadError(missing_model_message(spec.model, spec.model_file,
                                                   spec.model_path)) from exc
         raise
+    check_pipeline_dependencies(cls)  # e.g. torchvision, before any weights are read
+    return spec, ref, cls
 
 
 def _load_weights(spec: LoadSpec, ref: ModelRef, cls: type, kwargs: dict[str, Any],
@@ -339,6 +345,7 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     """
     started = time.perf_counter()
     spec.validate()
+    identity = spec.model
     spec, ref, cls = _find(spec, settings)
     device = placement.pick_device(spec, settings)
     dtype = placement.torch_dtype(spec)
@@ -371,7 +378,8 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
         pipe.set_progress_bar_config(disable=True)
     elapsed = time.perf_counter() - started
     log.info("loaded %s in %.2fs (%s)", type(pipe).__name__, elapsed, description)
-    return LoadedPipeline(pipe=pipe, spec=spec, device=device,
-                          dtype_name=_denoiser_dtype_name(pipe, spec.torch_dtype_name()),
+    dtype_name = _denoiser_dtype_name(pipe, spec.torch_dtype_name())
+    warnings += spec.dtype_warnings(dtype_name)
+    return LoadedPipeline(pipe=pipe, spec=spec, device=device, dtype_name=dtype_name,
                           load_seconds=elapsed, description=description,
-                          lora_adapters=lora_names, warnings=warnings)
+                          lora_adapters=lora_names, warnings=warnings, identity=identity)

@@ -48,12 +48,26 @@ def _truthy(options: dict[str, Any], *keys: str) -> bool:
     return any(bool(options.get(k)) for k in keys)
 
 
+_MODEL_OFFLOAD_KEYS = ("cpu_offload", "model_cpu_offload", "enable_model_cpu_offload")
+# Families LocalAI's backend always loads with model CPU offload (unless DISABLE_CPU_OFFLOAD):
+# their video activations need the GPU memory the idle components would hold.
+OFFLOADED_BY_DEFAULT = frozenset({"StableVideoDiffusionPipeline", "LTX2Pipeline",
+                                  "LTX2ImageToVideoPipeline"})
+
+
+def offloads_by_default(pipe: Any, options: dict[str, Any]) -> bool:
+    """SVD and LTX-2 offload unless the YAML switches it off (``cpu_offload:false``)."""
+    said_no = any(key in options and not options[key] for key in _MODEL_OFFLOAD_KEYS)
+    return type(pipe).__name__ in OFFLOADED_BY_DEFAULT and not said_no
+
+
 def apply_memory_modes(pipe: Any, spec: LoadSpec, settings: Settings, device: str) -> str:
     """Place the pipeline and apply memory options; return a short description for logs.
 
     - ``LowVRAM`` / options ``cpu_offload``, ``model_cpu_offload``: model CPU offload
-      (whole components move to the GPU in turn). Needs a GPU (cuda/xpu); elsewhere a
-      no-op with a log line.
+      (whole components move to the GPU in turn). SVD and LTX-2 get it by default, as
+      in LocalAI (``cpu_offload:false`` keeps them whole on the GPU). Needs a GPU
+      (cuda/xpu); elsewhere a no-op with a log line.
     - options ``sequential_cpu_offload``: layer-by-layer offload, slowest and leanest.
       Needs a GPU; elsewhere a no-op with a log line. Both are off with
       ``DISABLE_CPU_OFFLOAD=1``.
@@ -68,9 +82,8 @@ def apply_memory_modes(pipe: Any, spec: LoadSpec, settings: Settings, device: st
     wants_sequential = _truthy(
         opts, "sequential_cpu_offload", "enable_sequential_cpu_offload"
     )
-    wants_model_offload = spec.low_vram or _truthy(
-        opts, "cpu_offload", "model_cpu_offload", "enable_model_cpu_offload"
-    )
+    wants_model_offload = (spec.low_vram or _truthy(opts, *_MODEL_OFFLOAD_KEYS)
+                           or offloads_by_default(pipe, opts))
     if settings.disable_cpu_offload and (wants_sequential or wants_model_offload):
         notes.append("offload requested but DISABLE_CPU_OFFLOAD=1")
         wants_sequential = wants_model_offload = False

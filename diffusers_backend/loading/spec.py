@@ -68,15 +68,10 @@ def parse_options(options: list[str]) -> tuple[dict[str, Any], list[str]]:
     return parsed, warnings
 
 
-def parse_dtype_name(value: str) -> str:
-    """Map a user dtype spelling (fp16, bf16, fp32...) to a torch dtype attribute name."""
-    name = DTYPE_NAMES.get(str(value).strip().lower())
-    if name is None:
-        raise LoadError(
-            f"unknown torch_dtype {value!r}; use one of fp16, bf16, fp32 "
-            "(or float16, bfloat16, float32)"
-        )
-    return name
+def parse_dtype_name(value: str) -> str | None:
+    """Map a user dtype spelling (fp16, bf16, fp32...) to a torch dtype attribute name;
+    None for a word we do not know (``auto``...)."""
+    return DTYPE_NAMES.get(str(value).strip().lower())
 
 
 def parse_engine_args(raw: str) -> dict[str, Any]:
@@ -139,19 +134,42 @@ class LoadSpec:
         """
         return options_table.call_options(self.options)
 
-    def torch_dtype_name(self) -> str:
-        """The compute dtype: option ``torch_dtype``, then ``DType``, then F16Memory."""
+    def _dtype_words(self) -> list[tuple[str, str]]:
+        """The dtype words given, most specific first: (field, word)."""
+        words = []
         if "torch_dtype" in self.options:
-            return parse_dtype_name(str(self.options["torch_dtype"]))
+            words.append(("torch_dtype", str(self.options["torch_dtype"])))
         if self.dtype.strip():
-            return parse_dtype_name(self.dtype)
+            words.append(("dtype", self.dtype))
+        return words
+
+    @property
+    def explicit_dtype(self) -> bool:
+        """Whether the YAML chose a dtype we know (``torch_dtype`` option or ``DType``)."""
+        return any(parse_dtype_name(word) for _, word in self._dtype_words())
+
+    def torch_dtype_name(self) -> str:
+        """The compute dtype: option ``torch_dtype``, then ``DType``, then F16Memory.
+
+        A word we do not know (``torch_dtype:auto``) is ignored, as LocalAI's backend ignores
+        it; :meth:`dtype_warnings` says so.
+        """
+        for _, word in self._dtype_words():
+            name = parse_dtype_name(word)
+            if name:
+                return name
         return "float16" if self.f16 else "float32"
+
+    def dtype_warnings(self, used: str) -> list[str]:
+        """One warning per unknown dtype word, naming ``used``, the dtype loaded instead."""
+        return [f"{field} {word!r} is not a dtype this backend knows (fp16, bf16, fp32...); "
+                f"ignored, loaded in {used}" for field, word in self._dtype_words()
+                if not parse_dtype_name(word)]
 
     def validate(self) -> None:
         """Fail early, with the field named, on values that would only fail later."""
         if not (self.model.strip() or self.model_file.strip()):
             raise LoadError("no model given: set `parameters.model` in the model YAML")
-        self.torch_dtype_name()
         if self.lora_scales and len(self.lora_scales) != len(self.lora_adapters):
             raise LoadError(
                 f"lora_scales has {len(self.lora_scales)} values but lora_adapters has "

@@ -191,8 +191,7 @@ def load_flux_transformer(
     weights = None if wanted in _NO_QUANTIZATION else _quanto_weights(wanted)
     if weights:
         _quanto()
-    explicit_dtype = "torch_dtype" in spec.options or bool(spec.dtype.strip())
-    dtype = getattr(torch, spec.torch_dtype_name()) if explicit_dtype else torch.bfloat16
+    dtype = getattr(torch, spec.torch_dtype_name()) if spec.explicit_dtype else torch.bfloat16
     _check_cpu_quantization(weights, dtype, spec, settings)
     transformer = _load_flux_transformer_weights(ref, dtype, kwargs, settings)
     return _flux_on_base(FluxPipeline, transformer, dtype, weights, kwargs, settings)
@@ -217,19 +216,41 @@ def load_wan(
 def load_sana(
     cls: type[Any], ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec, settings: Settings
 ) -> Any:
-    """Sana: published with bf16 weights; load them in bf16 unless a dtype was chosen."""
+    """Sana: published with bf16 weights; load them in bf16 unless a dtype was chosen, from
+    the ``bf16`` variant files where the repo has them (as LocalAI loads Sana)."""
     import torch
 
-    explicit_dtype = "torch_dtype" in spec.options or bool(spec.dtype.strip())
-    if not explicit_dtype:
+    if not spec.explicit_dtype:
         kwargs = {**kwargs, "torch_dtype": torch.bfloat16}
-    pipe = default_load(cls, ref, kwargs, spec, settings)
+    pipe = _load_bf16_variant(cls, ref, kwargs, spec, settings)
     dtype = kwargs["torch_dtype"]
     for name in ("vae", "text_encoder"):
         component = getattr(pipe, name, None)
         if component is not None:
             component.to(dtype)
     return pipe
+
+
+def _load_bf16_variant(cls: type[Any], ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec,
+                       settings: Settings) -> Any:
+    """``variant="bf16"`` unless the YAML chose a variant: a folder only when it holds bf16
+    files; a Hub repo is asked for them and loaded plain when it has none."""
+    chosen = "variant" in spec.load_options or "variant" in spec.engine_args
+    if chosen or ref.kind is RefKind.SINGLE_FILE:
+        return default_load(cls, ref, kwargs, spec, settings)
+    if ref.kind is RefKind.FOLDER:
+        folder = Path(ref.location)
+        if not (any(folder.glob("*/*.bf16.*")) or any(folder.glob("*.bf16.*"))):
+            return default_load(cls, ref, kwargs, spec, settings)
+        log.info("loading the bf16 variant of %s", ref.location)
+        return default_load(cls, ref, {**kwargs, "variant": "bf16"}, spec, settings)
+    try:
+        return default_load(cls, ref, {**kwargs, "variant": "bf16"}, spec, settings)
+    except (OSError, ValueError) as exc:
+        if "variant" not in str(exc).lower():
+            raise
+        log.info("no bf16 variant in %s; loading its plain weights", ref.location)
+        return default_load(cls, ref, kwargs, spec, settings)
 
 
 def load_svd(

@@ -58,6 +58,7 @@ def build_prompt_kwargs(
     use_compel: bool,
     clip_skip: int,
     clip_skip_enabled: bool = True,
+    sd_embed: bool = False,
 ) -> dict[str, Any]:
     """The prompt-related keyword arguments for one pipeline call.
 
@@ -66,11 +67,17 @@ def build_prompt_kwargs(
     :func:`compel_prompt_kwargs` when ``use_compel`` and the pipeline supports them, else
     ``{"prompt": ..., "negative_prompt": ...}`` (no ``negative_prompt`` when it is empty or
     the pipeline takes none) plus ``clip_skip`` where it applies.
+
+    ``sd_embed`` (``SD_EMBED=1``, what LocalAI users set for sd_embed) weights SD 1.x/2.x and
+    SDXL prompts written in A1111's syntax (``(word:1.2)``) with compel's engine; SD3, Flux
+    and Chroma are weighted as with ``use_compel``. ``use_compel`` wins when both are on.
     """
     clip_skip = clip_skip if clip_skip_enabled and clip_skip and clip_skip > 0 else 0
     params = _call_parameters(pipe)
-    if use_compel:
-        embeds = compel_prompt_kwargs(pipe, prompt, negative_prompt, clip_skip=clip_skip)
+    if use_compel or sd_embed:
+        syntax = "compel" if use_compel else "a1111"
+        embeds = compel_prompt_kwargs(pipe, prompt, negative_prompt, clip_skip=clip_skip,
+                                      syntax=syntax)
         if embeds is None:  # SD3 and Flux: weighted here (A1111 syntax), compel not needed
             from diffusers_backend.prompts.weighted import weighted_prompt_kwargs
 

@@ -164,10 +164,38 @@ def _pad_tokens(compel: Any, embeds: Any, length: int) -> Any:
     return torch.cat([embeds, filler], dim=1)
 
 
+def _a1111_conditioning(compel: Any, texts: list[str]) -> Any:
+    """compel's embeddings of prompts written in A1111's syntax: our parser splits them into
+    weighted fragments (``prompts/weighted.py``), compel weights and encodes those."""
+    import torch
+    from compel.prompt_parser import Conjunction, FlattenedPrompt
+
+    from diffusers_backend.prompts.weighted import parse_weighted_prompt
+
+    tensors = []
+    for text in texts:
+        parts = [(f.text, float(f.weight)) for f in parse_weighted_prompt(text) if f.text]
+        prompt = FlattenedPrompt(parts or [("", 1.0)])
+        tensor, _ = compel.build_conditioning_tensor_for_conjunction(Conjunction([prompt]))
+        tensors.append(tensor)
+    return torch.cat(compel.pad_conditioning_tensors_to_same_length(tensors))
+
+
+def _pooled_text(prompt: str, syntax: str) -> str:
+    if syntax == "a1111":
+        from diffusers_backend.prompts.weighted import plain_text
+
+        return plain_text(prompt)
+    return _plain_text(prompt)
+
+
 def compel_prompt_kwargs(
-    pipe: Any, prompt: str, negative_prompt: str, *, clip_skip: int = 0
+    pipe: Any, prompt: str, negative_prompt: str, *, clip_skip: int = 0, syntax: str = "compel"
 ) -> dict[str, Any] | None:
     """Weighted ``prompt_embeds``/``negative_prompt_embeds`` (+ pooled ones for SDXL).
+
+    ``syntax`` is ``compel`` (``(red)++``, ``(red)1.3``, ``.and()``...) or ``a1111``
+    (``(red:1.3)``, ``(red)``, ``[red]``), for ``SD_EMBED``.
 
     None when compel is not installed or the pipeline is not an SD 1.x/2.x or SDXL one;
     the caller then passes plain prompts. An empty negative prompt still gets an embedding
@@ -194,7 +222,9 @@ def compel_prompt_kwargs(
     compels = _cached_compels(pipe, family, max(clip_skip, 0))
     try:
         with torch.no_grad():
-            per_encoder = [compel([prompt or "", negative]) for compel in compels]
+            texts = [prompt or "", negative]
+            per_encoder = [compel(texts) if syntax == "compel"
+                           else _a1111_conditioning(compel, texts) for compel in compels]
             length = max(e.shape[1] for e in per_encoder)
             per_encoder = [
                 _pad_tokens(compel, e, length)
@@ -205,7 +235,7 @@ def compel_prompt_kwargs(
             if family == "sdxl":
                 provider = compels[-1].conditioning_provider
                 pooled = provider.get_pooled_embeddings(
-                    [_plain_text(prompt or ""), _plain_text(negative)],
+                    [_pooled_text(prompt or "", syntax), _pooled_text(negative, syntax)],
                     device=compels[-1].device,
                 ).to(embeds.dtype)
     except (ValueError, IndexError) as exc:

@@ -1,5 +1,5 @@
 """The rules every pipeline call follows, whatever the task: what a pipeline's ``__call__``
-accepts, sizes, steps, seeds, the cancel callback, EnableParameters and the model's defaults.
+accepts, sizes, steps, seeds, the cancel callback and the model's defaults.
 
 Everything a pipeline's ``__call__`` does not accept is left out (looked up once per class),
 so the same code serves SD, SDXL, Flux, SVD and pipelines diffusers adds later. The task
@@ -24,10 +24,6 @@ DEFAULT_STEPS = 25
 DEFAULT_CFG = 7.0
 DEFAULT_IMG2IMG_STRENGTH = 0.75
 MAX_SEED = 2**31 - 1
-# Request fields that EnableParameters may switch off (LocalAI semantics). The model's own
-# settings (CFGScale, Options, and CLIP skip: the host copies the YAML's clip_skip into every
-# request, and LocalAI's backend always applies it) are not filtered.
-FILTERABLE = ("negative_prompt", "num_inference_steps")
 IsCancelled = Callable[[], bool]
 
 
@@ -40,6 +36,8 @@ def unaccepted_call_options(pipe: Any, options: dict[str, Any]) -> list[str]:
     accepted = set(call_signature(type(pipe)).params)
     for variant in variant_classes(type(pipe)):
         accepted |= call_signature(variant).params
+    if "num_frames" in accepted:  # a video model: the frame rate of the file it writes
+        accepted |= {"fps", "frame_rate"}
     return sorted(k for k in options if k not in accepted)
 
 
@@ -121,28 +119,16 @@ def cancel_callback(is_cancelled: IsCancelled) -> Callable[..., dict[str, Any]]:
     return on_step_end
 
 
-def enabled_parameters(enable_parameters: str) -> set[str] | None:
-    """EnableParameters: None means everything; "none" means nothing filterable."""
-    text = enable_parameters.strip()
-    if not text:
-        return None
-    if text.lower() == "none":
-        return set()
-    return {p.strip() for p in text.split(",") if p.strip()}
+def accepted_kwargs(kwargs: dict[str, Any], sig: CallSignature) -> dict[str, Any]:
+    """The keyword arguments this call takes (embeddings always: prompt code sets them).
 
-
-def allowed(enabled: set[str] | None, name: str) -> bool:
-    """Whether EnableParameters lets the request field ``name`` through."""
-    return enabled is None or name not in FILTERABLE or name in enabled
-
-
-def accepted_kwargs(kwargs: dict[str, Any], sig: CallSignature,
-                    enabled: set[str] | None) -> dict[str, Any]:
+    ``EnableParameters`` filters nothing: LocalAI's backend has ignored it since Dec 2025,
+    and gallery YAMLs that still list ``num_inference_steps`` would lose the user's negative
+    prompt.
+    """
     out = {}
     for key, value in kwargs.items():
         if value is None:
-            continue
-        if not allowed(enabled, key):
             continue
         if sig.accepts(key) or key in {"prompt_embeds", "negative_prompt_embeds"}:
             out[key] = value

@@ -25,11 +25,9 @@ from diffusers_backend.tasks.calls import (
     DEFAULT_IMG2IMG_STRENGTH,
     IsCancelled,
     accepted_kwargs,
-    allowed,
     cancel_callback,
     check_size,
     check_steps,
-    enabled_parameters,
     make_generator,
     model_defaults,
     option_int,
@@ -41,6 +39,9 @@ from diffusers_backend.tasks.calls import (
 from diffusers_backend.tasks.jobs import ImageJob
 
 _PER_ITEM_KEYS = ("prompt", "negative_prompt", "generator")
+# LocalAI's backend gives FluxPipeline calls a 256-token T5 prompt (diffusers: 512); an
+# option ``max_sequence_length`` still sets another length.
+FLUX_MAX_SEQUENCE_LENGTH = 256
 
 
 @dataclass
@@ -86,10 +87,10 @@ class ImagePlan:
         """Plans with equal keys share one pipeline call; None: this one runs alone.
 
         Only plain text-to-image batches: prompts, negative prompts and generators become
-        per-item lists, so everything else in the call must be equal. Compel turns prompts
-        into embeddings, which do not batch.
+        per-item lists, so everything else in the call must be equal. Prompt weighting
+        (COMPEL, SD_EMBED) turns prompts into embeddings, which do not batch.
         """
-        if self.inputs.image is not None or self.settings.compel:
+        if self.inputs.image is not None or self.settings.compel or self.settings.sd_embed:
             return None
         return (id(self.loaded), self.width, self.height, self.steps, self.clip_skip,
                 bool(self.negative))
@@ -119,6 +120,8 @@ class ImagePlan:
         if inputs.inpaint:
             width, height = _inpaint_size(width, height, inputs.image, pipe)
         kwargs: dict[str, Any] = model_defaults(loaded, sig)
+        if type(pipe).__name__ == "FluxPipeline" and sig.accepts("max_sequence_length"):
+            kwargs.setdefault("max_sequence_length", FLUX_MAX_SEQUENCE_LENGTH)
         if not inputs.inpaint and "image" in image_kwargs and sig.accepts("strength"):
             kwargs.setdefault("strength", DEFAULT_IMG2IMG_STRENGTH)
             if width and height and not sig.accepts("width"):
@@ -127,10 +130,11 @@ class ImagePlan:
         kwargs.update(image_kwargs)
         kwargs.update(prompts.build_prompt_kwargs(
             pipe, self.job.prompt, self.negative, use_compel=self.settings.compel,
-            clip_skip=self.clip_skip, clip_skip_enabled=self.settings.clip_skip_enabled))
+            sd_embed=self.settings.sd_embed, clip_skip=self.clip_skip,
+            clip_skip_enabled=self.settings.clip_skip_enabled))
         kwargs.update(num_inference_steps=self.steps, generator=make_generator(self.seed))
         kwargs.update(size_kwargs(width, height))
-        call = accepted_kwargs(kwargs, sig, enabled_parameters(self.job.enable_parameters))
+        call = accepted_kwargs(kwargs, sig)
         strength = call.get("strength")
         if (isinstance(strength, (int, float)) and 0 < strength <= 1
                 and int(call.get("num_inference_steps", 0) * strength) < 1):
@@ -165,7 +169,7 @@ def plan_image(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> Ima
 
     Precedence: the request's own values (steps, size, seed, CLIP skip) win over the
     model's load-time defaults (Options, CLIPSkip); CFGScale and the call options apply to
-    every call. EnableParameters drops the request fields it does not list.
+    every call. ``EnableParameters`` is read by nobody (see ``calls.accepted_kwargs``).
     """
     check_steps(job.steps, settings)
     width, height, note = check_size(job.width or option_int(loaded, "width"),
@@ -173,13 +177,12 @@ def plan_image(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> Ima
                                      loaded.pipe, settings)
     media.check_output_path(job.dst)
     inputs = _open_inputs(loaded, job, settings)
-    enabled = enabled_parameters(job.enable_parameters)
-    steps = steps_or_default(job.steps if allowed(enabled, "num_inference_steps") else 0, loaded)
+    steps = steps_or_default(job.steps, loaded)
     return ImagePlan(
         job=job, loaded=loaded, settings=settings, width=width, height=height, steps=steps,
         seed=pick_seed(job.seed),
         clip_skip=prompts.effective_clip_skip(job.clip_skip, loaded.spec.clip_skip),
-        negative=job.negative_prompt if allowed(enabled, "negative_prompt") else "",
+        negative=job.negative_prompt,
         note=note, inputs=inputs)
 
 
@@ -188,9 +191,9 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
 
     - ``src`` a JSON file (the host's inpainting endpoint): picture and mask
       (``ref_images = [image, mask]`` as fallback);
-    - else ``src`` (else ``ref_images[0]``) is the picture: img2img, or the control image of
-      a ControlNet pipeline; a ControlNet img2img pipeline takes ``src`` as the picture and
-      ``ref_images[0]`` (else ``src``) as the control image.
+    - else ``ref_images[0]`` (else ``src``) is the picture, as in LocalAI's backend:
+      img2img, or the control image of a ControlNet pipeline; a ControlNet img2img pipeline
+      takes ``src`` as the picture and ``ref_images[0]`` (else ``src``) as the control image.
     """
     limit = settings.max_input_pixels
     inpaint = media.load_inpaint_inputs(job.src, list(job.ref_images), max_pixels=limit,
@@ -200,8 +203,10 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
     for index, ref in enumerate(job.ref_images):
         if ref:
             media.check_input_path(ref, field=f"ref_images[{index}]")
-    source = job.src or (job.ref_images[0] if job.ref_images else "")
+    first_ref = job.ref_images[0] if job.ref_images else ""
     sig = call_signature(type(loaded.pipe))
+    two_pictures = sig.accepts("control_image") and job.src and first_ref
+    source = job.src if two_pictures else (first_ref or job.src)
     if not source:
         if sig.required_image:
             raise InvalidArgument(
@@ -209,14 +214,13 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
                 "(or ref_images) with the request"
             )
         return _Inputs()
-    image = media.open_image(source, field="src" if job.src else "ref_images[0]",
+    image = media.open_image(source, field="src" if source == job.src else "ref_images[0]",
                              max_pixels=limit)
     control = None
     if sig.accepts("control_image"):
         control = image
-        if job.src and job.ref_images:
-            control = media.open_image(job.ref_images[0], field="ref_images[0]",
-                                       max_pixels=limit)
+        if two_pictures:
+            control = media.open_image(first_ref, field="ref_images[0]", max_pixels=limit)
         # control_preprocess: an ordinary photo becomes the edge/depth map the ControlNet reads.
         control = preprocess_control(control, loaded.spec.options, loaded.spec.model_path)
     elif getattr(loaded.pipe, "controlnet", None) is not None:

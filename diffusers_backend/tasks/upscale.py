@@ -1,5 +1,11 @@
 """UpscaleImage as a task: with an upscaler pipeline loaded it runs on the pipeline thread;
-otherwise a Lanczos resize by ``scale`` needs no model and no queue."""
+otherwise a Lanczos resize by ``scale`` needs no model and no queue.
+
+An upscaler runs with its own defaults (the x4 upscaler: 75 steps, guidance 9), as LocalAI's
+backend calls it, unless the model's options set them. Its factor is fixed (x4: 4, latent
+upscaler: 2): ``scale`` 0 keeps that result, another ``scale`` resizes it to ``scale`` times
+the input (Lanczos).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +22,7 @@ from diffusers_backend.tasks.calls import (
     accepted_kwargs,
     cancel_callback,
     make_generator,
-    model_defaults,
     pick_seed,
-    steps_or_default,
 )
 from diffusers_backend.tasks.jobs import UpscaleJob
 
@@ -36,6 +40,7 @@ class UpscalePlan:
     settings: Settings
     image: Any
     scale: int
+    ran: str = ""  # steps and guidance the upscaler ran with, for the reply
 
     pixels = 0  # never batched
 
@@ -59,12 +64,13 @@ class UpscalePlan:
         pipe = plan.loaded.pipe
         sig = call_signature(type(pipe))
         kwargs: dict[str, Any] = {"prompt": "", "image": plan.image,
-                                  "num_inference_steps": steps_or_default(0, plan.loaded),
                                   "generator": make_generator(pick_seed(0))}
-        kwargs.update(model_defaults(plan.loaded, sig))
+        kwargs.update(plan.loaded.spec.call_options)  # else the pipeline's own defaults
         if sig.accepts("callback_on_step_end"):
             kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)
-        result = pipe(**accepted_kwargs(kwargs, sig, None)).images[0]
+        call = accepted_kwargs(kwargs, sig)
+        result = pipe(**call).images[0]
+        plan.ran = _what_ran(pipe, call)
         if plan.job.scale and result.size != plan.target:
             from PIL import Image
 
@@ -76,8 +82,26 @@ class UpscalePlan:
                                compress_level=self.settings.png_compression)
         how = "lanczos" if self.loaded is None or not is_upscaler(self.loaded.pipe) \
             else type(self.loaded.pipe).__name__
+        ran = f", {self.ran}" if self.ran else ""
         return (f"upscaled {self.image.width}x{self.image.height} to "
-                f"{result.width}x{result.height} ({how})")
+                f"{result.width}x{result.height} ({how}{ran})")
+
+
+def _what_ran(pipe: Any, call: dict[str, Any]) -> str:
+    """The steps the scheduler really ran and the guidance used (the call's, else the
+    default of the pipeline's ``__call__``)."""
+    import inspect
+
+    timesteps = getattr(getattr(pipe, "scheduler", None), "timesteps", None)
+    steps = len(timesteps) if timesteps is not None else 0
+    guidance = call.get("guidance_scale")
+    if guidance is None:
+        parameter = inspect.signature(type(pipe).__call__).parameters.get("guidance_scale")
+        guidance = parameter.default if parameter is not None else None
+    parts = [f"{steps} steps"] if steps else []
+    if isinstance(guidance, (int, float)):
+        parts.append(f"guidance {float(guidance)}")
+    return ", ".join(parts)
 
 
 def plan_upscale(loaded: LoadedPipeline | None, job: UpscaleJob,

@@ -10,7 +10,6 @@ from typing import Any
 from diffusers_backend import media, prompts
 from diffusers_backend.errors import InvalidArgument
 from diffusers_backend.loading.pipeline_loader import LoadedPipeline
-from diffusers_backend.loading.spec import parse_option_value
 from diffusers_backend.registry.signatures import CallSignature, call_signature
 from diffusers_backend.settings import Settings
 from diffusers_backend.tasks.calls import (
@@ -29,12 +28,11 @@ from diffusers_backend.tasks.calls import (
 )
 from diffusers_backend.tasks.jobs import ImageJob, VideoJob
 from diffusers_backend.tasks.video_defaults import video_defaults
+from diffusers_backend.tasks.video_params import video_params
 
-# Video request fields validated on their own; ``params`` may not bypass those checks.
-_VALIDATED_VIDEO_KEYS = frozenset({
-    "num_frames", "width", "height", "num_inference_steps", "fps", "frame_rate", "image",
-    "last_image", "generator", "callback_on_step_end", "output_type", "return_dict",
-})
+# LocalAI's GenerateVideo uses guidance 4.0 when the request sends cfg_scale 0 (what its
+# /video endpoint sends when the user gives none).
+DEFAULT_VIDEO_GUIDANCE = 4.0
 
 
 def makes_video(pipe: Any) -> bool:
@@ -44,9 +42,9 @@ def makes_video(pipe: Any) -> bool:
 
 def video_job_from_image(job: ImageJob) -> VideoJob:
     """A GenerateImage request for a video model (LocalAI's documented img2vid/txt2vid go
-    through the image endpoint): ``src`` (else ``ref_images[0]``) is the start image and the
+    through the image endpoint): ``ref_images[0]`` (else ``src``) is the start image and the
     video is written at ``dst``; frames, fps and guidance follow FRAMES/FPS and the model."""
-    start = job.src or (job.ref_images[0] if job.ref_images else "")
+    start = (job.ref_images[0] if job.ref_images else "") or job.src
     return VideoJob(prompt=job.prompt, negative_prompt=job.negative_prompt, start_image=start,
                     width=job.width, height=job.height, steps=job.steps, seed=job.seed,
                     dst=job.dst)
@@ -80,6 +78,7 @@ class VideoPlan:
     height: int
     note: str
     params: dict[str, Any]
+    guidance: float | None  # None: the pipeline's own (it has no guidance_scale)
     start: Any = None
     end: Any = None
 
@@ -106,10 +105,10 @@ class VideoPlan:
         if sig.accepts("prompt"):
             kwargs.update(prompts.build_prompt_kwargs(pipe, job.prompt, job.negative_prompt,
                                                       use_compel=False, clip_skip=0))
-        if job.cfg_scale > 0:
+        if plan.guidance is not None:
             # SVD-style pipelines ramp guidance between a min and a max instead.
             key = "max_guidance_scale" if sig.accepts("max_guidance_scale") else "guidance_scale"
-            kwargs[key] = job.cfg_scale
+            kwargs[key] = plan.guidance
         kwargs.update(num_inference_steps=plan.steps, generator=make_generator(plan.seed),
                       decode_chunk_size=plan.settings.chunk_size)
         if plan.frames:
@@ -122,7 +121,7 @@ class VideoPlan:
         if sig.accepts("callback_on_step_end"):
             kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)
         kwargs.update(plan.params)
-        result = pipe(**accepted_kwargs(kwargs, sig, None))
+        result = pipe(**accepted_kwargs(kwargs, sig))
         audio = getattr(result, "audio", None)
         if audio is not None and len(audio):
             audio = audio[0]  # one prompt: its waveform, (channels, samples)
@@ -164,7 +163,8 @@ def plan_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings) -> Vid
         raise InvalidArgument(f"fps must be between 1 and 240, got {job.fps}")
     width, height, note = check_size(job.width, job.height, pipe, settings)
     media.check_output_path(job.dst)
-    params = _typed_params(job.params, sig, type(pipe).__name__)
+    params = video_params(job.params, pipe)
+    note = "; ".join(x for x in (note, *params.ignored) if x)
     limit = settings.max_input_pixels
     start = end = None
     if job.start_image:
@@ -185,11 +185,29 @@ def plan_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings) -> Vid
     own = video_defaults(pipe.__class__)
     steps = (job.steps or option_int(loaded, "num_inference_steps") or own.steps
              or DEFAULT_STEPS)
-    return VideoPlan(job=job, loaded=loaded, settings=settings,
-                     frames=job.num_frames or settings.frames or own.frames,
-                     fps=job.fps or settings.fps or own.fps, steps=steps,
-                     seed=pick_seed(job.seed), width=width, height=height, note=note,
-                     params=params, start=start, end=end)
+    frames = job.num_frames or option_int(loaded, "num_frames") or settings.frames or own.frames
+    fps = (job.fps or option_int(loaded, "fps") or option_int(loaded, "frame_rate")
+           or settings.fps or own.fps)
+    return VideoPlan(job=job, loaded=loaded, settings=settings, frames=frames, fps=fps,
+                     steps=steps, seed=pick_seed(job.seed), width=width, height=height,
+                     note=note, params=params.values, guidance=_guidance(job, loaded, sig),
+                     start=start, end=end)
+
+
+def _guidance(job: VideoJob, loaded: LoadedPipeline, sig: CallSignature) -> float | None:
+    """The request's cfg_scale; else the YAML's (``guidance_scale``/``cfg_scale`` option,
+    then ``cfg_scale``); else LocalAI's 4.0. Pipelines that ramp guidance
+    (``max_guidance_scale``, SVD) keep their own unless the request or YAML sets one."""
+    if job.cfg_scale > 0:
+        return job.cfg_scale
+    option = loaded.spec.call_options.get("guidance_scale")
+    if isinstance(option, (int, float)) and not isinstance(option, bool) and option > 0:
+        return float(option)
+    if loaded.spec.cfg_scale > 0:
+        return loaded.spec.cfg_scale
+    if sig.accepts("guidance_scale"):
+        return DEFAULT_VIDEO_GUIDANCE
+    return None
 
 
 def audio_sample_rate(pipe: Any) -> int:
@@ -279,23 +297,6 @@ def _resized(image: Any, width: int, height: int) -> Any:
     if image.size == (width, height):
         return image
     return image.resize((width, height), Image.Resampling.LANCZOS)
-
-
-def _typed_params(params: dict[str, str], sig: CallSignature, cls_name: str) -> dict[str, Any]:
-    out = {}
-    for key, raw in params.items():
-        if key in _VALIDATED_VIDEO_KEYS:
-            raise InvalidArgument(
-                f"params key {key!r} is set by the request's own fields (num_frames, width, "
-                "height, step, fps, start_image, end_image), not through params"
-            )
-        if not sig.accepts(key):
-            raise InvalidArgument(
-                f"params key {key!r} is not accepted by {cls_name}; accepted: "
-                + ", ".join(sorted(sig.params))
-            )
-        out[key] = parse_option_value(raw)
-    return out
 
 
 def _first_video(frames: Any) -> Any:

@@ -40,7 +40,8 @@ def test_lanczos_with_an_image_model_loaded(backend, tiny_sd, small, tmp_path):
 
 
 def test_upscale_pipeline_is_used_when_loaded(backend, tmp_path):
-    load_ok(backend, tiny_sd_upscale_path())
+    # 3 steps: the upscaler's own default is 75 (test_parity_round2 checks that one)
+    load_ok(backend, tiny_sd_upscale_path(), Options=["num_inference_steps:3"])
     src = write_image(tmp_path / "small.png", size=(32, 32), seed=5)
     reply = upscale(backend, src, tmp_path / "up.png")
     assert "StableDiffusionUpscalePipeline" in reply.message
