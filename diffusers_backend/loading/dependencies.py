@@ -18,7 +18,7 @@ from diffusers_backend.errors import LoadError
 TORCHVISION_PIN = "torchvision==0.28.0"  # the release built for torch 2.13.0
 
 
-def _processor_types(cls: type) -> list[type]:
+def _processor_types(cls: type[Any]) -> list[type[Any]]:
     """The transformers processor classes (multimodal ``ProcessorMixin``) ``cls`` is built from."""
     try:
         from transformers import ProcessorMixin
@@ -32,7 +32,7 @@ def _processor_types(cls: type) -> list[type]:
     return found
 
 
-def _has_video_processor(processor: type) -> bool:
+def _has_video_processor(processor: type[Any]) -> bool:
     """transformers 5 builds a processor's video part only with torchvision installed."""
     try:
         attributes = processor.get_attributes()

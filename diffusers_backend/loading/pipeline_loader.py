@@ -49,7 +49,6 @@ class LoadedPipeline:
     dtype_name: str
     load_seconds: float = 0.0
     description: str = ""
-    lora_adapters: list[str] = field(default_factory=list)
     # What was tolerated rather than refused (LocalAI's backend loads these too): shown in
     # LoadModel's reply and the log.
     warnings: list[str] = field(default_factory=list)
@@ -365,7 +364,7 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
         extra = {k: kwargs[k] for k in ("use_safetensors",) if k in kwargs}
         controlnet = adapters.load_controlnet(spec, dtype, extra, settings.safetensors_only)
     pipe = _as_task_variant(pipe, spec, controlnet)
-    lora_names = adapters.load_loras(pipe, spec, settings.safetensors_only)
+    adapters.load_loras(pipe, spec, settings.safetensors_only)
     description = placement.apply_memory_modes(pipe, spec, settings, device)
     speed_notes = acceleration.apply_speed_options(pipe, spec)
     if speed_notes:
@@ -382,4 +381,4 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     warnings += spec.dtype_warnings(dtype_name)
     return LoadedPipeline(pipe=pipe, spec=spec, device=device, dtype_name=dtype_name,
                           load_seconds=elapsed, description=description,
-                          lora_adapters=lora_names, warnings=warnings, identity=identity)
+                          warnings=warnings, identity=identity)

@@ -118,7 +118,7 @@ class Metrics:
         """Report memory and state of the runtime at each scrape."""
         self.registry.register(_RuntimeCollector(memory, state))
 
-    # -- timings.Sink: called by the pipeline worker ---------------------------------
+    # -- timings.Sink: called by the pipeline thread ---------------------------------
     def queue_changed(self, delta: int) -> None:
         """Requests waiting for the pipeline went up or down by ``delta``."""
         self.queue_depth.inc(delta)
@@ -176,7 +176,7 @@ def start_http(metrics: Metrics, addr: str, token: str) -> tuple[MetricsHttpServ
 
 
 def start_metrics(metrics: Metrics, runtime: Any, addr: str, token: str) -> str:
-    """Hook ``metrics`` to the runtime and the pipeline worker, serve them; return the URL."""
+    """Hook ``metrics`` to the runtime and the pipeline thread, serve them; return the URL."""
     from diffusers_backend.engine import timings
 
     metrics.watch_runtime(runtime.memory, lambda: int(runtime.state))

@@ -1,7 +1,7 @@
 """Wraps each unary RPC handler: one log line per generation request, metrics per call.
 
 The wrapper runs on the thread that serves the call. It opens the request's
-:class:`~.timings.RequestTimings` (the pipeline worker fills it in), and once the call
+:class:`~.timings.RequestTimings` (the engine's pipeline thread fills it in), and once the call
 returns or aborts it reads the status code from the context, logs the request line and,
 when metrics are on, counts the call. Reporting never changes or breaks the call itself.
 """

@@ -3,7 +3,7 @@ accepts, sizes, steps, seeds, the cancel callback and the model's defaults.
 
 Everything a pipeline's ``__call__`` does not accept is left out (looked up once per class),
 so the same code serves SD, SDXL, Flux, SVD and pipelines diffusers adds later. The task
-modules (``image_task``, ``video_task``, ``upscale_task``) build their calls from these.
+modules (``tasks.image``, ``tasks.video``, ``tasks.upscale``) build their calls from these.
 """
 
 from __future__ import annotations

@@ -55,7 +55,9 @@ def scheduler_in_place(pipe: Any, scheduler: Any) -> Iterator[None]:
 def set_timesteps(pipe: Any, scheduler: Any, steps: int, device: Any, **kwargs: Any) -> list:
     """The request's timesteps, set on its own scheduler by the pipeline module's own
     ``retrieve_timesteps`` (so custom sigmas and offsets match the pipeline call)."""
-    retrieve = inspect.getmodule(type(pipe)).retrieve_timesteps
+    module = inspect.getmodule(type(pipe))
+    assert module is not None  # a pipeline class always has its module
+    retrieve = module.retrieve_timesteps
     timesteps, _ = retrieve(scheduler, steps, device, **kwargs)
     return list(timesteps)
 
