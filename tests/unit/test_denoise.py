@@ -88,17 +88,20 @@ def _check(pipe) -> None:
 UNET_SCHEDULERS = sorted(denoise.SUPPORTED_SCHEDULERS - {"FlowMatchEulerDiscreteScheduler"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", UNET_SCHEDULERS)
 def test_sd_in_the_loop_equals_served_alone(scheduler, sd_pipe):
     _check(_pipe(None, scheduler, pipe=sd_pipe))
 
 
+@pytest.mark.slow
 def test_sdxl_in_the_loop_equals_served_alone():
     from tiny_models import tiny_sdxl_path
 
     _check(_pipe(tiny_sdxl_path))
 
 
+@pytest.mark.slow
 def test_sd3_in_the_loop_equals_served_alone():
     from tiny_image_models import tiny_sd3_path
 
