@@ -27,6 +27,7 @@ from harness import (
     backend_pb2_grpc,
     free_port,
     start_backend,
+    wait_for_state,
 )
 from PIL import Image
 
@@ -97,8 +98,7 @@ def test_deadline_stops_the_generation_at_the_next_step(server, tmp_path):
 def test_client_cancel_stops_the_generation(server, tmp_path):
     dst = tmp_path / "cancelled.png"
     future = server.stub.GenerateImage.future(_slow_request(dst, seed=2), timeout=120)
-    time.sleep(1.0)
-    assert server.status().state == backend_pb2.StatusResponse.BUSY
+    wait_for_state(server, backend_pb2.StatusResponse.BUSY)  # it is generating
     assert future.cancel()
     _wait_not_busy(server, within=3)
     log = _wait_for_log(server, "GenerateImage cancelled (client cancelled)")
@@ -146,8 +146,7 @@ def test_sigterm_lets_the_running_request_finish_then_exits_0(tmp_path, tiny_sd)
 
         worker = threading.Thread(target=run)
         worker.start()
-        time.sleep(1.0)
-        assert server.status().state == backend_pb2.StatusResponse.BUSY
+        wait_for_state(server, backend_pb2.StatusResponse.BUSY)  # it is generating
         server.proc.send_signal(signal.SIGTERM)
         worker.join(timeout=90)
         assert "error" not in outcome, outcome.get("error")
