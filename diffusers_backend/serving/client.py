@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+from diffusers_backend.serving.listen import split_addr
 
 try:
     import grpc
@@ -31,6 +34,7 @@ QUICK_TIMEOUT_S = 10.0  # Health, Status, Free
 LOAD_FAILED_EXIT = 1
 CLOSED_PIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
 _NO_SERVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+CONNECT_PROBE_S = 1.0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -288,26 +292,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Connection:
-    """Whether the channel ever reached a server: a call that failed without that failed
-    because nothing answered at the address, not because a server refused or was slow."""
+def _nothing_listens(addr: str) -> bool:
+    """Whether no TCP connection opens at ``addr``: a call that failed so failed because
+    there is no server, not because a server refused it or was slow."""
+    try:
+        host, port = split_addr(addr)
+    except ValueError:  # unix:... and other gRPC targets: no plain check
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_PROBE_S):
+            return False
+    except OSError:
+        return True
 
-    def __init__(self, channel: grpc.Channel) -> None:
-        self.answered = False
-        channel.subscribe(self._changed)
 
-    def _changed(self, state: grpc.ChannelConnectivity) -> None:
-        if state is grpc.ChannelConnectivity.READY:
-            self.answered = True
-
-
-def _error_line(exc: grpc.RpcError, connection: _Connection, args: argparse.Namespace,
+def _error_line(exc: grpc.RpcError, args: argparse.Namespace,
                 waited: float) -> tuple[str, int]:
     """The one line printed for a failed call, and the exit code (the status number)."""
     code = exc.code() if callable(getattr(exc, "code", None)) else None
     code = code or grpc.StatusCode.UNKNOWN
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    if code in _NO_SERVER_CODES and not connection.answered:
+    if code in _NO_SERVER_CODES and _nothing_listens(args.addr):
         code = grpc.StatusCode.UNAVAILABLE
         if args.wait:
             details = f"no server answered at {args.addr} within {waited:.0f} s"
@@ -325,11 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     pb, pb_grpc = _stubs()
     started = time.monotonic()
     with grpc.insecure_channel(args.addr) as channel:
-        connection = _Connection(channel)
         try:
             return run_command(args, pb_grpc.BackendStub(channel), pb)
         except grpc.RpcError as exc:
-            line, code = _error_line(exc, connection, args, time.monotonic() - started)
+            line, code = _error_line(exc, args, time.monotonic() - started)
             print(line, file=sys.stderr)
             return code
         except KeyboardInterrupt:

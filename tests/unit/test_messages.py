@@ -244,3 +244,18 @@ def test_a_python_without_the_packages_is_told_which_to_use():
     assert result.stderr.strip() == (
         "diffusers-client: No module named 'grpc'. Run it with the project's environment: "
         ".venv/bin/diffusers-client (`make install` creates it)")
+
+
+def test_nothing_listening_is_called_no_server(closed_port, capsys):
+    addr = f"127.0.0.1:{closed_port}"
+    assert client.main(["--addr", addr, "-q", "--wait", "--timeout", "1", "health"]) == 14
+    assert capsys.readouterr().err == (
+        f"error: UNAVAILABLE: no server answered at {addr} within 1 s\n")
+
+
+def test_a_listener_that_never_answers_is_not_called_no_server(listening, capsys):
+    """Something listens (a plain socket that never speaks gRPC): the call's own status."""
+    code = client.main(["--addr", f"127.0.0.1:{listening}", "-q", "--timeout", "1", "health"])
+    err = capsys.readouterr().err
+    assert code in (4, 14) and err.startswith("error: ")  # DEADLINE_EXCEEDED / UNAVAILABLE
+    assert "no server answered" not in err
