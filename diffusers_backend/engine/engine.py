@@ -51,12 +51,15 @@ IsCancelled = Callable[[], bool]
 class Plan(Protocol):
     """A validated request, ready for the pipeline thread (image, video or upscale)."""
 
-    loaded: Any
-    pixels: int
+    @property
+    def loaded(self) -> LoadedPipeline | None: ...
+
+    @property
+    def pixels(self) -> int: ...
 
     def batch_key(self) -> tuple | None: ...
 
-    def replan(self, loaded: Any) -> Plan: ...
+    def replan(self, loaded: LoadedPipeline) -> Plan: ...
 
     def write(self, output: Any) -> str: ...
 
@@ -95,7 +98,7 @@ class Ticket:
     default the plan's own ``replan``.
     """
 
-    plan: Any
+    plan: Plan
     is_cancelled: IsCancelled
     record: timings.RequestTimings | None = None
     replan: Callable[[Any], Any] | None = None
@@ -317,7 +320,7 @@ class Engine:
         for (ticket, plan), output in zip(batch, outputs, strict=True):
             self.hand_to_writer(ticket, plan, output)
 
-    def hand_to_writer(self, ticket: Ticket, plan: Any, output: Any) -> None:
+    def hand_to_writer(self, ticket: Ticket, plan: Plan, output: Any) -> None:
         """Answer a cancelled request now; else write its output on a writer thread."""
         if ticket.is_cancelled():
             ticket.finish(error=Cancelled("request cancelled by the client"))
@@ -325,7 +328,7 @@ class Engine:
         self._writers.submit(_write, ticket, plan, output)
 
 
-def _write(ticket: Ticket, plan: Any, output: Any) -> None:
+def _write(ticket: Ticket, plan: Plan, output: Any) -> None:
     """Writer thread: encode and write one output atomically, then answer its request."""
     started = timings.now()
     try:

@@ -14,9 +14,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from diffusers_backend.engine.engine import Engine
+from diffusers_backend.engine.engine import Engine, Plan
 from diffusers_backend.errors import (
     FailedPrecondition,
     LoadError,
@@ -167,7 +167,7 @@ class ModelRuntime:
                 f"the request is for {identity!r}"
             )
 
-    def _serve(self, make_plan: Callable[[LoadedPipeline], Any],
+    def _serve(self, make_plan: Callable[[LoadedPipeline], Plan],
                is_cancelled: IsCancelled) -> str:
         """Validate a request against the loaded model in this thread (a bad one is refused
         in milliseconds, however busy the engine is), then hand it to the engine."""
@@ -190,7 +190,7 @@ class ModelRuntime:
         from diffusers_backend.tasks.image import plan_image
         from diffusers_backend.tasks.video import makes_video, plan_video, video_job_from_image
 
-        def plan(loaded: LoadedPipeline) -> Any:
+        def plan(loaded: LoadedPipeline) -> Plan:
             if makes_video(loaded.pipe):
                 # LocalAI's img2vid / txt2vid examples go through the image endpoint.
                 return plan_video(loaded, video_job_from_image(job), self.settings)

@@ -22,6 +22,7 @@ from diffusers_backend.tasks.denoise.slot import Slot
 
 if TYPE_CHECKING:
     from diffusers_backend.engine.engine import Engine, Ticket
+    from diffusers_backend.tasks.image import ImagePlan
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Member:
     """A request inside the loop, and what it shared."""
 
     ticket: Ticket
-    plan: Any
+    plan: ImagePlan
     slot: Slot
     admitted_at: float
     shared_steps: int = 0  # steps whose denoiser call also served other requests
@@ -50,7 +51,7 @@ class StepLoop:
         self.cap: int | None = None  # lowered after running out of memory
         self.served = 0  # requests whose pictures this loop made
 
-    def run(self, first: Ticket, plan: Any) -> None:
+    def run(self, first: Ticket, plan: ImagePlan) -> None:
         """Run until no request is left; an unexpected error fails every active request."""
         self.pixels = plan.pixels
         try:
@@ -72,7 +73,7 @@ class StepLoop:
             timings.loop_drained(type(self.pipe).__name__, self.served)
 
     # -- admission --------------------------------------------------------------------------
-    def _admit(self, ticket: Ticket, plan: Any) -> None:
+    def _admit(self, ticket: Ticket, plan: ImagePlan) -> None:
         try:
             slot = denoise.admit(plan, self.variants)
         except Exception as exc:  # noqa: BLE001 - this request's own error
