@@ -9,18 +9,29 @@ import time
 import grpc
 import numpy as np
 import pytest
-from harness import PNG_MAGIC, REPO_ROOT, backend_pb2, free_port, pixels, start_backend
+from harness import (
+    PNG_MAGIC,
+    REPO_ROOT,
+    backend_pb2,
+    free_port,
+    pixels,
+    start_backend,
+    wait_for_log,
+)
 from PIL import Image
 
 
-def test_health_answers_within_half_a_second_of_start(tmp_path):
+def test_health_answers_before_torch_and_diffusers_are_imported(tmp_path):
+    """The port opens first and torch and diffusers import in the background (seconds), so
+    a host's Health poll succeeds at once. How soon depends on the machine (printed); the
+    order does not: Health answers while the log does not yet say the imports are done."""
     started = time.monotonic()
-    server = start_backend(tmp_path)
+    server = start_backend(tmp_path)  # returns once Health has answered OK
     try:
         elapsed = time.monotonic() - started
-        reply = server.stub.Health(backend_pb2.HealthMessage(), timeout=5)
-        assert reply.message == b"OK"
-        assert elapsed < 0.5 * 3, f"Health took {elapsed:.2f}s"  # generous on a loaded CI box
+        assert "torch and diffusers imported" not in server.log()
+        wait_for_log(server, "torch and diffusers imported", within=300)  # they do finish
+        print(f"\nHealth answered {elapsed:.2f}s after the process started")
     finally:
         server.stop()
 
