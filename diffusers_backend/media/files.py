@@ -215,7 +215,7 @@ def _publish(tmp: str, dst: Path) -> None:
     _fsync_dir(dst.parent)
 
 
-def _write_atomically(path: Path, suffix: str, write: Callable[[str], None]) -> None:
+def write_atomically(path: Path, suffix: str, write: Callable[[str], None]) -> None:
     """Let ``write`` fill a hidden temp file beside ``path``, fsync it, rename it onto ``path``.
 
     Readers see the old file or the complete new one, never a partial one; any failure
@@ -261,7 +261,7 @@ def write_png_atomic(image: Image.Image, dst: str, compress_level: int = 1) -> N
     zlib's default 6, for files a little larger; the pixels are the same.
     """
     path = check_output_path(dst, probe=False)
-    _write_atomically(path, ".partial",
+    write_atomically(path, ".partial",
                       lambda tmp: image.save(tmp, format="PNG", compress_level=compress_level))
 
 

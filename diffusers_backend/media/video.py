@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from diffusers_backend.errors import InvalidArgument
-from diffusers_backend.media.files import _write_atomically, check_output_path
+from diffusers_backend.media.files import check_output_path, write_atomically
 
 
 def _frame_to_uint8(frame: Any, index: int) -> np.ndarray:
@@ -102,7 +102,7 @@ def write_video_atomic(frames: Sequence[Any] | np.ndarray, dst: str, fps: int,
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
                 or not 1000 <= sample_rate <= 384_000:
             raise InvalidArgument(f"audio sample rate must be 1000..384000 Hz, got {sample_rate!r}")
-    _write_atomically(path, ".partial.mp4",
+    write_atomically(path, ".partial.mp4",
                       lambda tmp: _encode_mp4(tmp, seq, int(fps), samples, int(sample_rate)))
 
 

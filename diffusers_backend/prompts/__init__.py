@@ -29,12 +29,12 @@ import logging
 from typing import Any
 
 from diffusers_backend.prompts.clip_skip import (
-    _call_parameters,
-    _check_clip_skip_depth,
-    _ensure_text_model_path,
-    _prompt_family,
+    call_parameters,
+    check_clip_skip_depth,
     clip_skip_kwargs,
     effective_clip_skip,
+    ensure_text_model_path,
+    prompt_family,
 )
 from diffusers_backend.prompts.compel_sd import (
     compel_available,
@@ -73,7 +73,7 @@ def build_prompt_kwargs(
     and Chroma are weighted as with ``use_compel``. ``use_compel`` wins when both are on.
     """
     clip_skip = clip_skip if clip_skip_enabled and clip_skip and clip_skip > 0 else 0
-    params = _call_parameters(pipe)
+    params = call_parameters(pipe)
     if use_compel or sd_embed:
         syntax = "compel" if use_compel else "a1111"
         embeds = compel_prompt_kwargs(pipe, prompt, negative_prompt, clip_skip=clip_skip,
@@ -93,9 +93,9 @@ def build_prompt_kwargs(
             log.debug("%s takes no negative prompt; ignoring it", type(pipe).__name__)
     skip = clip_skip_kwargs(params, clip_skip, enabled=True) if params else {}
     if skip:
-        family = _prompt_family(pipe, params)
+        family = prompt_family(pipe, params)
         if family is not None:
-            _check_clip_skip_depth(pipe, family, clip_skip)
-        _ensure_text_model_path(pipe)
+            check_clip_skip_depth(pipe, family, clip_skip)
+        ensure_text_model_path(pipe)
     kwargs.update(skip)
     return kwargs

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- CLIP skip
 
 
-def _call_parameters(pipe_or_params: set[str] | Callable[..., Any] | Any) -> set[str]:
+def call_parameters(pipe_or_params: set[str] | Callable[..., Any] | Any) -> set[str]:
     """Parameter names of a pipeline's ``__call__`` (or the set itself, if given one)."""
     if isinstance(pipe_or_params, (set, frozenset)):
         return set(pipe_or_params)
@@ -46,7 +46,7 @@ def clip_skip_kwargs(
     """
     if not enabled or not clip_skip or clip_skip <= 0:
         return {}
-    if "clip_skip" not in _call_parameters(pipe_call_accepts):
+    if "clip_skip" not in call_parameters(pipe_call_accepts):
         log.debug("pipeline does not take clip_skip; ignoring clip_skip=%s", clip_skip)
         return {}
     return {"clip_skip": int(clip_skip)}
@@ -73,7 +73,7 @@ class _TextModelView:
         return self._encoder.final_layer_norm
 
 
-def _ensure_text_model_path(pipe: Any) -> None:
+def ensure_text_model_path(pipe: Any) -> None:
     """Give flattened CLIP text encoders the ``text_model.final_layer_norm`` path back.
 
     transformers 5 dropped ``CLIPTextModel.text_model`` (the layers now sit on the model
@@ -92,7 +92,7 @@ def _ensure_text_model_path(pipe: Any) -> None:
             object.__setattr__(encoder, "text_model", _TextModelView(encoder))
 
 
-def _prompt_family(pipe: Any, params: set[str]) -> str | None:
+def prompt_family(pipe: Any, params: set[str]) -> str | None:
     """``"sd"`` (one CLIP encoder), ``"sdxl"`` (CLIP + CLIP with pooled output) or None.
 
     Decided from the components and call signature rather than the class, so img2img,
@@ -114,7 +114,7 @@ def _prompt_family(pipe: Any, params: set[str]) -> str | None:
     return None
 
 
-def _encoders(pipe: Any, family: str) -> list[tuple[Any, Any]]:
+def encoders(pipe: Any, family: str) -> list[tuple[Any, Any]]:
     """(tokenizer, text encoder) pairs whose embeddings the pipeline concatenates."""
     pairs = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None))]
     if family == "sdxl":  # the refiner has only the second encoder
@@ -122,7 +122,7 @@ def _encoders(pipe: Any, family: str) -> list[tuple[Any, Any]]:
     return [(tok, enc) for tok, enc in pairs if enc is not None and tok is not None]
 
 
-def _check_clip_skip_depth(pipe: Any, family: str, clip_skip: int) -> None:
+def check_clip_skip_depth(pipe: Any, family: str, clip_skip: int) -> None:
     """Refuse a clip_skip deeper than the text encoder, which diffusers would crash on.
 
     diffusers reads ``hidden_states[-(n + 1)]`` for SD and ``hidden_states[-(n + 2)]`` for
@@ -130,7 +130,7 @@ def _check_clip_skip_depth(pipe: Any, family: str, clip_skip: int) -> None:
     """
     if clip_skip <= 0:
         return
-    for _, encoder in _encoders(pipe, family):
+    for _, encoder in encoders(pipe, family):
         layers = getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
         if not isinstance(layers, int):
             continue

@@ -10,11 +10,11 @@ from typing import Any
 
 from diffusers_backend.errors import InvalidArgument
 from diffusers_backend.prompts.clip_skip import (
-    _call_parameters,
-    _check_clip_skip_depth,
-    _encoders,
-    _ensure_text_model_path,
-    _prompt_family,
+    call_parameters,
+    check_clip_skip_depth,
+    encoders,
+    ensure_text_model_path,
+    prompt_family,
 )
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _make_compels(pipe: Any, family: str, clip_skip: int) -> list[Any]:
         embeddings = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
         drop = clip_skip
     compels = []
-    for tokenizer, encoder in _encoders(pipe, family):
+    for tokenizer, encoder in encoders(pipe, family):
         compels.append(
             Compel(
                 tokenizer=tokenizer,
@@ -112,9 +112,9 @@ def _make_compels(pipe: Any, family: str, clip_skip: int) -> list[Any]:
 
 
 def _cached_compels(pipe: Any, family: str, clip_skip: int) -> list[Any]:
-    encoders = tuple(id(enc) for _, enc in _encoders(pipe, family))
+    encoder_ids = tuple(id(enc) for _, enc in encoders(pipe, family))
     device = str(getattr(pipe, "_execution_device", ""))
-    key = (family, clip_skip, encoders, device)
+    key = (family, clip_skip, encoder_ids, device)
     try:
         per_pipe = _COMPEL_CACHE.setdefault(pipe, {})
     except TypeError:  # not weak-referenceable: build every time
@@ -205,16 +205,16 @@ def compel_prompt_kwargs(
     if not compel_available():
         warn_if_compel_missing(True)
         return None
-    family = _prompt_family(pipe, _call_parameters(pipe))
+    family = prompt_family(pipe, call_parameters(pipe))
     if family is None:
         log.debug(
             "%s is not an SD/SDXL-style pipeline; using the prompt without compel weighting",
             type(pipe).__name__,
         )
         return None
-    _check_clip_skip_depth(pipe, family, clip_skip)
+    check_clip_skip_depth(pipe, family, clip_skip)
     if clip_skip > 0:
-        _ensure_text_model_path(pipe)
+        ensure_text_model_path(pipe)
 
     import torch
 

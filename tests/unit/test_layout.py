@@ -1,6 +1,7 @@
 """The package's shape: each layer imports only its own layer and the ones below, nothing
 imports the root face ``diffusers_dynamic_loader``, no two modules import each other (directly
-or around a circle), and docs/development.md's layout lists exactly the modules in the tree.
+or around a circle), no module imports another's private names, and docs/development.md's
+layout lists exactly the modules in the tree.
 
 Run as a script to rewrite the layout in docs/development.md from the modules' docstrings:
 ``.venv/bin/python tests/unit/test_layout.py``.
@@ -81,6 +82,19 @@ def test_nothing_inside_imports_the_root_face():
     offenders = sorted(m for m, targets in imports().items()
                        if "diffusers_dynamic_loader" in targets)
     assert not offenders
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """What modules share is public; a ``_name`` stays inside the module that defines it."""
+    shared = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "diffusers_backend"):
+                shared += [f"{module_name(path)} imports {node.module}.{alias.name}"
+                           for alias in node.names
+                           if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not shared, "\n".join(shared)
 
 
 def test_no_import_circles():
