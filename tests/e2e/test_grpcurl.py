@@ -92,7 +92,8 @@ def run_block(steps, substitutions: dict[str, str], env: dict[str, str]) -> None
         result = subprocess.run(["bash", "-c", command], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, timeout=300)
         assert matches(expected, result.stdout), (
-            f"command: {command}\n--- docs/observability.md shows ---\n{expected}\n--- got ---\n{result.stdout}")
+            f"command: {command}\n--- docs/observability.md shows ---\n{expected}\n"
+            f"--- got ---\n{result.stdout}")
 
 
 @pytest.fixture(scope="module")
