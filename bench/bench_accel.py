@@ -222,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs per option")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", help="only the Flux caches of this name (e.g. taylorseer)")
     args = parser.parse_args(argv)
     import diffusers
     import torch
@@ -235,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parts: dict[str, Callable[[], object]] = {
         "caches": lambda: measure_pipeline(
             flux_path(), [(f"cache:{n} (Flux 4+8 blocks, 256 px)", {"cache": n, **extra})
-                          for n, extra in FLUX_CACHES], 256, args.steps, args.rounds),
+                          for n, extra in FLUX_CACHES if args.only in (None, n)],
+            256, args.steps, args.rounds),
         "unet": lambda: measure_pipeline(
             sd_path(), [("cache:deepcache (SD UNet, 128 px)", {"cache": "deepcache"}),
                         ("quantize:int8wo (SD UNet, 128 px)", {"quantize": "int8wo"})],
