@@ -57,7 +57,7 @@ class Plan(Protocol):
     @property
     def pixels(self) -> int: ...
 
-    def batch_key(self) -> tuple | None: ...
+    def batch_key(self) -> tuple[Any, ...] | None: ...
 
     def replan(self, loaded: LoadedPipeline) -> Plan: ...
 
@@ -236,7 +236,7 @@ class Engine:
                         self._release_idle_memory()
                     finally:
                         self._cv.acquire()
-            ticket = self.scheduler.pop()
+            ticket: Ticket | None = self.scheduler.pop()
             assert ticket is not None  # the queue is not empty here
             timings.dequeued(ticket.record)
             return ticket

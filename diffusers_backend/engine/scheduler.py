@@ -29,7 +29,7 @@ class Scheduler:
     """Queue and batching decisions; see the module docstring."""
 
     def __init__(self, settings: Settings,
-                 step_key_of: Callable[[Any], tuple | None] = lambda plan: None) -> None:
+                 step_key_of: Callable[[Any], tuple[Any, ...] | None] = lambda plan: None) -> None:
         self.settings = settings
         self.queue: deque[Any] = deque()
         self.arriving = 0  # requests being validated, whose tickets are on their way
@@ -86,7 +86,7 @@ class Scheduler:
         """Images one call (or one denoising step) may carry: the memory-aware limit."""
         return max(1, min(self.sizer.limit(pixels), self.settings.max_batch))
 
-    def companions(self, key: tuple, pixels: int) -> list[Any]:
+    def companions(self, key: tuple[Any, ...], pixels: int) -> list[Any]:
         """Take queued tickets with batch key ``key`` to share the first's call, within the
         batch limits (count, memory, total pixels); cancelled ones stay for the executor."""
         limit = self.batch_limit(pixels)
@@ -104,13 +104,13 @@ class Scheduler:
         return taken
 
     # -- step-level batches -------------------------------------------------------------------
-    def step_key(self, plan: Any) -> tuple | None:
+    def step_key(self, plan: Any) -> tuple[Any, ...] | None:
         """The key of the running denoising loop this plan may join (None: it may not)."""
         if not self.settings.step_batching or self.settings.max_batch <= 1:
             return None
         return self._step_key_of(plan)
 
-    def joiners(self, key: tuple, active: int, pixels: int) -> list[Any]:
+    def joiners(self, key: tuple[Any, ...], active: int, pixels: int) -> list[Any]:
         """Take tickets from the head of the queue that may join the running loop ``key``.
 
         First come, first served: joining stops at the first ticket that cannot join, so a

@@ -42,7 +42,7 @@ class Member:
 class StepLoop:
     """One running denoising loop (one model, one latent size)."""
 
-    def __init__(self, engine: Engine, loaded: Any, variants: Any, key: tuple) -> None:
+    def __init__(self, engine: Engine, loaded: Any, variants: Any, key: tuple[Any, ...]) -> None:
         self.engine, self.loaded, self.variants, self.key = engine, loaded, variants, key
         self.scheduler = engine.scheduler
         self.pipe = loaded.pipe

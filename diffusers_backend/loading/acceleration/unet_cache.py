@@ -56,7 +56,7 @@ def _hook_classes() -> tuple[type, type]:
             super().__init__()
             self.schedule = schedule
 
-        def pre_forward(self, module: Any, *args: Any, **kwargs: Any) -> tuple:
+        def pre_forward(self, module: Any, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
             self.schedule.start_step()
             return args, kwargs
 
