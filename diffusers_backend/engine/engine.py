@@ -272,9 +272,18 @@ class Engine:
             if step_key is not None:
                 from diffusers_backend.engine.stepping import StepLoop
 
+                loop = StepLoop(self, loaded, variants, step_key)
+                if not self._settings.profile_dir:
+                    loop.run(first, plan)
+                    return
+                # Profiled: outputs are written once the trace is, as for a pipeline call.
+                held: list[tuple[Ticket, Any, Any]] = []
+                loop.hand_off = lambda *output: held.append(output)
                 with profiled(self._settings.profile_dir,
                               f"{type(plan).__name__} x1+ (step-level loop)"):
-                    StepLoop(self, loaded, variants, step_key).run(first, plan)
+                    loop.run(first, plan)
+                for output in held:
+                    self.hand_to_writer(*output)
                 return
             batch = [(first, plan)]
             key = plan.batch_key()

@@ -50,6 +50,7 @@ class StepLoop:
         self.pixels = 0
         self.cap: int | None = None  # lowered after running out of memory
         self.served = 0  # requests whose pictures this loop made
+        self.hand_off = engine.hand_to_writer  # (ticket, plan, picture) -> a writer thread
 
     def run(self, first: Ticket, plan: ImagePlan) -> None:
         """Run until no request is left; an unexpected error fails every active request."""
@@ -156,4 +157,4 @@ class StepLoop:
                 pipeline=type(self.pipe).__name__, seconds=seconds,
                 batch=member.largest_batch, shared_steps=member.shared_steps)
             self.served += 1
-            self.engine.hand_to_writer(member.ticket, member.plan, picture)
+            self.hand_off(member.ticket, member.plan, picture)

@@ -6,7 +6,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from diffusers_backend.tasks.denoise.slot import Slot, guide_and_step, set_timesteps, stacked_rows
+from diffusers_backend.tasks.denoise.slot import (
+    Slot,
+    guide_and_step,
+    set_timesteps,
+    stacked,
+    stacked_rows,
+)
 
 KEYS = frozenset({"prompt", "negative_prompt", "num_inference_steps", "generator", "width",
                   "height", "guidance_scale", "clip_skip", "max_sequence_length"})
@@ -64,7 +70,7 @@ def step(pipe: Any, slots: list[Slot]) -> None:
         x = torch.cat([slot.latents] * 2) if slot.cfg else slot.latents
         inputs.append(x)
         times.append(slot.timestep().reshape(1).expand(x.shape[0]))
-    output = pipe.transformer(hidden_states=torch.cat(inputs), timestep=torch.cat(times),
+    output = pipe.transformer(hidden_states=stacked(inputs), timestep=stacked(times),
                               return_dict=False, **stacked_rows(slots))[0]
     guide_and_step(slots, output)
 

@@ -81,4 +81,13 @@ def stacked_rows(slots: list[Slot]) -> dict[str, Any]:
     """Every request's conditioning rows, stacked in slot order."""
     import torch
 
+    if len(slots) == 1:  # a lone request: its own rows, no copy
+        return dict(slots[0].rows)
     return {key: torch.cat([slot.rows[key] for slot in slots]) for key in slots[0].rows}
+
+
+def stacked(tensors: list) -> Any:
+    """``torch.cat`` that does not copy a single tensor."""
+    import torch
+
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)

@@ -12,6 +12,7 @@ from diffusers_backend.tasks.denoise.slot import (
     guide_and_step,
     scheduler_in_place,
     set_timesteps,
+    stacked,
     stacked_rows,
 )
 
@@ -78,7 +79,7 @@ def step(pipe: Any, slots: list[Slot]) -> None:
     added = None
     if "text_embeds" in rows:
         added = {"text_embeds": rows.pop("text_embeds"), "time_ids": rows.pop("time_ids")}
-    output = pipe.unet(torch.cat(inputs), torch.cat(times),
+    output = pipe.unet(stacked(inputs), stacked(times),
                        encoder_hidden_states=rows["encoder_hidden_states"],
                        added_cond_kwargs=added, return_dict=False)[0]
     guide_and_step(slots, output)
