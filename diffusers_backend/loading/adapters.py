@@ -19,22 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def _local_path(name: str, model_path: str, what: str, safetensors_only: bool) -> Path | None:
-    """The file or folder ``name`` means on disk (None: a Hub id), checked before any load:
-    inside the allowed folders, a regular file or a folder, and no pickle under SAFETENSORS.
-    """
-    path = Path(os.path.expanduser(name))
-    candidates = [path] if path.is_absolute() else [Path(model_path) / path, path]
-    if path.is_absolute() or name.startswith((".", "~")):
-        path_guard.confine(name, what)  # before looking: no probing outside the folders
-    for candidate in candidates:
-        if path_guard.lookup(str(candidate)) is not None or candidate.is_symlink():
-            path_guard.confine(str(candidate), what)
-            if candidate.is_dir():
-                weight_guard.check_weight_folder(str(candidate), what, safetensors_only)
-            else:
-                weight_guard.check_weight_file(str(candidate), what, safetensors_only)
-            return candidate
-    return None
+    """The file or folder ``name`` means on disk, checked (see weight_guard.local_weights)."""
+    return weight_guard.local_weights(name, model_path, what, safetensors_only)
 
 
 def _strict(safetensors_only: bool) -> dict[str, Any]:

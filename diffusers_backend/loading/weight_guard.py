@@ -137,6 +137,32 @@ def check_model_names(spec: LoadSpec) -> None:
         named = spec.load_options.get(key)
         if isinstance(named, str) and named.strip():
             _check_side_file(named.strip(), spec.model_path, key)
+    # LoRAs, ControlNet, CLIP: confined and regular now, before the model's weights load
+    # (SAFETENSORS is checked where each is loaded, once the model is known to load)
+    sides = [(name, "LoRA") for name in (spec.lora_adapter, *spec.lora_adapters)]
+    sides += [(spec.controlnet, "ControlNet"), (spec.clip_model, "CLIP model")]
+    for name, what in sides:
+        if name and name.strip():
+            local_weights(name.strip(), spec.model_path, what, safetensors_only=False)
+
+
+def local_weights(name: str, model_path: str, what: str, safetensors_only: bool) -> Path | None:
+    """The file or folder ``name`` means on disk (None: a Hub id), checked before any load:
+    inside the allowed folders, a regular file or a folder, and no pickle under SAFETENSORS.
+    """
+    path = Path(os.path.expanduser(name))
+    candidates = [path] if path.is_absolute() else [Path(model_path) / path, path]
+    if path.is_absolute() or name.startswith((".", "~")):
+        path_guard.confine(name, what)  # before looking: no probing outside the folders
+    for candidate in candidates:
+        if path_guard.lookup(str(candidate)) is not None or candidate.is_symlink():
+            path_guard.confine(str(candidate), what)
+            if candidate.is_dir():
+                check_weight_folder(str(candidate), what, safetensors_only)
+            else:
+                check_weight_file(str(candidate), what, safetensors_only)
+            return candidate
+    return None
 
 
 def _check_side_file(reference: str, model_path: str, what: str) -> None:

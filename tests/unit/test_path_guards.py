@@ -250,3 +250,13 @@ def test_a_fifo_config_option_is_refused(tmp_path):
                     options={"original_config": "v1-inference.yaml"})
     with pytest.raises(InvalidArgument, match="FIFO"):
         _finishes(lambda: weight_guard.check_model_names(spec))
+
+
+def test_a_fifo_lora_is_refused_before_the_model_loads(tmp_path):
+    from diffusers_backend.loading.spec import LoadSpec
+
+    os.mkfifo(tmp_path / "lora.safetensors")
+    spec = LoadSpec(model="some/hub-id", model_path=str(tmp_path),
+                    lora_adapter="lora.safetensors")
+    with pytest.raises(InvalidArgument, match="LoRA is a FIFO"):
+        _finishes(lambda: weight_guard.check_model_names(spec))
