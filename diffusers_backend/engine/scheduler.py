@@ -115,17 +115,21 @@ class Scheduler:
 
         First come, first served: joining stops at the first ticket that cannot join, so a
         request of another kind is never overtaken forever; the loop then drains and that
-        request runs next. The loop never grows past the memory-aware limit.
+        request runs next. The loop never grows past the memory-aware limit. Cancelled
+        tickets at the head are taken too (not counted), for the executor to answer.
         """
         room = self.batch_limit(pixels) - active
         taken: list[Any] = []
         while self.queue and len(taken) < room:
             ticket = self.queue[0]
-            if ticket.is_cancelled():
-                break  # the executor answers it when it reaches it
+            if ticket.is_cancelled():  # handed over so the executor answers it at once
+                taken.append(self.queue.popleft())
+                room += 1
+                continue
             if self.step_key(ticket.plan) != key:
                 break
-            if (active + len(taken) + 1) * pixels > self.settings.max_batch_pixels:
+            live = sum(1 for t in taken if not t.is_cancelled())
+            if (active + live + 1) * pixels > self.settings.max_batch_pixels:
                 break
             taken.append(self.queue.popleft())
         return taken

@@ -95,6 +95,10 @@ class StepLoop:
                 joiners = joiners[:room]
         for ticket in joiners:
             timings.dequeued(ticket.record)
+            if ticket.is_cancelled():
+                ticket.finish(error=Cancelled("request cancelled by the client while it "
+                                              "waited its turn"))
+                continue
             self._admit(ticket, ticket.plan)
 
     # -- steps ------------------------------------------------------------------------------

@@ -133,3 +133,12 @@ def test_a_new_model_forgets_what_memory_taught():
     scheduler.sizer.bytes_per_pixel = 123.0
     scheduler.model_changed()
     assert scheduler.sizer.bytes_per_pixel is None
+
+
+def test_cancelled_tickets_at_the_head_are_handed_over_not_counted():
+    scheduler = _scheduler(max_batch=2)
+    _queue(scheduler, Ticket("gone", Plan(), cancelled=True), Ticket("a", Plan()),
+           Ticket("b", Plan()))
+    taken = scheduler.joiners(("steps", 64), 1, 64 * 64)
+    assert [t.name for t in taken] == ["gone", "a"]  # room for one live joiner
+    assert [t.name for t in scheduler.queue] == ["b"]
