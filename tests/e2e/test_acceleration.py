@@ -165,21 +165,28 @@ def _timed_load(server, model, options):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two inductor warm-ups; the first took 4-9 minutes on a busy box
 def test_the_compile_cache_makes_the_next_start_much_faster(tiny_sd, tmp_path):
     """Two server processes, one after the other, on one DIFFUSERS_COMPILE_CACHE_DIR: the
-    second LoadModel of the same compiled model finds its kernels there. Real inductor
-    code generation (a C++ compiler): one to several minutes on 2 cores."""
+    second LoadModel of the same compiled model finds its kernels there, so its warm-up
+    (where compilation happens) is much shorter. Real inductor code generation (a C++
+    compiler): one to several minutes on 2 cores. Warm-up times are compared rather than
+    whole LoadModel times, which also hold weight loading and a busy machine's noise."""
     cache = tmp_path / "compile-cache"
     options = ["compile_regional:true", "width:64", "height:64"]
-    times = []
+    warm_ups, loads = [], []
     for run in range(2):
         server = start_backend(tmp_path, env={"DIFFUSERS_COMPILE_CACHE_DIR": str(cache)})
         try:
-            times.append(_timed_load(server, tiny_sd, options))
-            assert f"cache {cache}" in server.log()
+            loads.append(_timed_load(server, tiny_sd, options))
+            log = server.log()
+            assert f"cache {cache}" in log
+            warm_ups.append(float(re.findall(r"warmed up in ([\d.]+)s", log)[-1]))
             assert _sd_image(server, tmp_path / f"run{run}.png").exists()
         finally:
             free(server)
             server.stop()
-    assert any(cache.rglob("*")), "nothing was written to the compile cache"
-    assert times[1] * 2 < times[0], f"first LoadModel {times[0]:.1f}s, second {times[1]:.1f}s"
+    assert any(cache.glob("fxgraph/*")), "inductor wrote no compiled graph to the cache"
+    assert warm_ups[1] * 2 < warm_ups[0], (
+        f"warm-up {warm_ups[0]:.1f}s then {warm_ups[1]:.1f}s; LoadModel {loads[0]:.1f}s "
+        f"then {loads[1]:.1f}s")
