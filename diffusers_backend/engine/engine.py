@@ -158,6 +158,7 @@ class Engine:
         self.scheduler = Scheduler(settings, step_key)
         self._cv = threading.Condition()
         self._used_since_release = False
+        self.swap_waiting = False  # a model swap waits for the pipeline lock
         self._writers = ThreadPoolExecutor(max_workers=settings.output_writers,
                                            thread_name_prefix="writer")
         self._thread = threading.Thread(target=self._loop, name="pipeline", daemon=True)
@@ -169,8 +170,11 @@ class Engine:
         return self._loaded
 
     def swap(self, loaded: LoadedPipeline | None) -> LoadedPipeline | None:
-        """Put ``loaded`` (or nothing) in place once the running call is done; the old one."""
+        """Put ``loaded`` (or nothing) in place once the running call is done; the old one.
+        A running step-level loop admits no one while a swap waits, so it drains."""
+        self.swap_waiting = True
         with self.lock:
+            self.swap_waiting = False
             old, self._loaded = self._loaded, loaded
             self._variants = Variants(loaded.pipe) if loaded is not None else None
             with self._cv:

@@ -85,6 +85,8 @@ class StepLoop:
                   getattr(plan, "seed", "-"), getattr(plan, "steps", "-"), len(self.active))
 
     def _admit_joiners(self) -> None:
+        if self.engine.swap_waiting:  # let the loop drain so the model can change
+            return
         with self.engine._cv:
             room = None if self.cap is None else self.cap - len(self.active)
             if room is not None and room <= 0:
