@@ -38,7 +38,9 @@ class Settings:
     bfl_repo: str = "ChuckMcSneed/FLUX.1-dev"
     max_workers: int = 1
     max_batch: int = 16
-    step_batching: bool = True  # requests join and leave a running denoising loop
+    # requests join and leave a running denoising loop; None ("auto"): on a GPU/XPU/MPS only,
+    # since on a CPU a batched step costs the sum of its members (docs/engine.md)
+    step_batching: bool | None = None
     batch_window_ms: float | None = None  # None = adaptive
     output_writers: int = 2
     png_compression: int = 1
@@ -76,6 +78,13 @@ DEFAULTS = Settings()  # the one place defaults are written: the fields above
 
 # ------------------------------------------------------------------------------ parsers
 Parser = Callable[[str, str], Any]  # (variable name, raw value) -> value, or SettingsError
+
+
+def parse_bool_or_auto(name: str, raw: str) -> bool | None:
+    """A boolean, or ``auto`` (None): the backend decides per device."""
+    if raw.strip().lower() == "auto":
+        return None
+    return parse_bool(name, raw)
 
 
 def parse_bool(name: str, raw: str) -> bool:
@@ -244,9 +253,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("DIFFUSERS_MAX_BATCH", "max_batch", int_parser(1), "queued text-to-image requests "
            "that differ only in prompt, negative prompt and seed share one pipeline call "
            "(`1` turns batching off)"),
-    EnvVar("DIFFUSERS_STEP_BATCHING", "step_batching", _B, "text-to-image requests join and "
-           "leave a running denoising loop between steps (SD 1.x/2.x, SDXL, SD3; "
-           "docs/engine.md); `0` = request-level batches only", empty_is_default=False),
+    EnvVar("DIFFUSERS_STEP_BATCHING", "step_batching", parse_bool_or_auto, "text-to-image "
+           "requests join and leave a running denoising loop between steps (SD 1.x/2.x, SDXL, "
+           "SD3; docs/engine.md); `auto`: on when the model runs on a GPU (on a CPU a batched "
+           "step costs the sum of its members), `1` always, `0` request-level batches only",
+           default="auto"),
     EnvVar("DIFFUSERS_BATCH_WINDOW_MS", "batch_window_ms", parse_window_ms, "how long a "
            "request about to run waits for requests that are still being validated, so "
            "simultaneous clients share one batch; `auto` = 10 % of the last pipeline call "

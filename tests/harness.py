@@ -86,7 +86,10 @@ def start_backend(tmp_dir: Path, env: dict[str, str] | None = None,
     """Start ``python -m diffusers_backend`` on a free port; wait until Health answers."""
     port = free_port()
     addr = f"127.0.0.1:{port}"
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    # Step-level batching is "auto" (GPU only) by default; the suite runs it on the CPU too so
+    # every served test goes through the step-level engine (a test's env may still turn it off).
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                "DIFFUSERS_STEP_BATCHING": "1"}
     full_env.update(env or {})
     log_path = tmp_dir / f"backend-{port}.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed when the process ends

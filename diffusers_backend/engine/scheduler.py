@@ -106,9 +106,17 @@ class Scheduler:
     # -- step-level batches -------------------------------------------------------------------
     def step_key(self, plan: Any) -> tuple[Any, ...] | None:
         """The key of the running denoising loop this plan may join (None: it may not)."""
-        if not self.settings.step_batching or self.settings.max_batch <= 1:
+        if self.settings.max_batch <= 1 or not self._step_batching_for(plan):
             return None
         return self._step_key_of(plan)
+
+    def _step_batching_for(self, plan: Any) -> bool:
+        """DIFFUSERS_STEP_BATCHING, with ``auto`` (None) decided by the plan's device: a
+        batched step only saves time where one step of several requests costs about one."""
+        if self.settings.step_batching is not None:
+            return self.settings.step_batching
+        loaded = getattr(plan, "loaded", None)
+        return str(getattr(loaded, "device", "cpu")).split(":")[0] != "cpu"
 
     def joiners(self, key: tuple[Any, ...], active: int, pixels: int) -> list[Any]:
         """Take tickets from the head of the queue that may join the running loop ``key``.

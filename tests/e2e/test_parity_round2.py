@@ -312,6 +312,13 @@ def test_unknown_torch_dtype_loads_with_a_warning_naming_the_dtype(server, tmp_p
     assert server.image(tmp_path / "auto.png", seed=1).success
 
 
+def test_an_unknown_dtype_field_loads_with_a_warning(server, tmp_path):
+    """ModelOptions.DType (not only the torch_dtype option) is read the same forgiving way."""
+    result = load_ok(server, tiny_sd_path(), DType="fp7")
+    assert "'fp7'" in result.message and "(float32)" in result.message
+    assert server.image(tmp_path / "fp7.png", seed=1).success
+
+
 # -------------------------------------------------------------- 8. offload, Sana bf16
 
 

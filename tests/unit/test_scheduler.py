@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+
 from diffusers_backend.engine.scheduler import Scheduler
 from diffusers_backend.settings import Settings
 
@@ -30,6 +32,7 @@ class Ticket:
 
 
 def _scheduler(**settings) -> Scheduler:
+    settings.setdefault("step_batching", True)
     return Scheduler(Settings(**settings), step_key_of=lambda plan: plan.step)
 
 
@@ -110,6 +113,23 @@ def test_joiners_need_the_same_step_key_and_room():
 
 def test_step_batching_off_gives_no_step_key():
     assert _scheduler(step_batching=False).step_key(Plan()) is None
+
+
+class _Loaded:
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+
+@pytest.mark.parametrize("device,joins", [("cpu", False), ("cuda", True), ("cuda:1", True),
+                                          ("mps", True)])
+def test_auto_step_batching_follows_the_plans_device(device, joins):
+    """`auto` (the default): a batched step saves time only where a step of several requests
+    costs about one (a GPU); on a CPU it costs the sum, so requests batch per call there."""
+    plan = Plan()
+    plan.loaded = _Loaded(device)
+    assert Settings().step_batching is None
+    key = _scheduler(step_batching=None).step_key(plan)
+    assert (key is not None) is joins
     assert _scheduler(max_batch=1).step_key(Plan()) is None
     assert _scheduler().step_key(Plan()) == ("steps", 64)
 

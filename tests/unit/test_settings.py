@@ -36,7 +36,8 @@ def test_each_variable_sets_its_field():
     for var in ENV_VARS:
         if not var.field or var.name in {"LOCALAI_BACKEND_PARENT_WATCH",
                                          "DIFFUSERS_METRICS_ADDR", "DIFFUSERS_LOG_LEVEL",
-                                         "DIFFUSERS_LOG_FORMAT", "DIFFUSERS_ALLOWED_PATHS"}:
+                                         "DIFFUSERS_LOG_FORMAT", "DIFFUSERS_ALLOWED_PATHS",
+                                         "DIFFUSERS_STEP_BATCHING"}:
             continue
         default = getattr(Settings(), var.field)
         if isinstance(default, bool):
@@ -51,6 +52,8 @@ def test_each_variable_sets_its_field():
     assert load_settings({"DIFFUSERS_METRICS_ADDR": "9090"}).metrics_addr == "127.0.0.1:9090"
     assert load_settings({"DIFFUSERS_LOG_FORMAT": "json"}).log_format == "json"
     assert load_settings({"DIFFUSERS_ALLOWED_PATHS": "/a:/b"}).allowed_paths == ("/a", "/b")
+    for raw, step_batching in (("1", True), ("0", False), ("auto", None), ("", None)):
+        assert load_settings({"DIFFUSERS_STEP_BATCHING": raw}).step_batching is step_batching
 
 
 @pytest.mark.parametrize("raw,expected", [("1", True), ("true", True), ("YES", True),
