@@ -13,8 +13,8 @@ Two kinds of batches:
   share one pipeline call, each image still made from its own seed;
 * step-level (``DIFFUSERS_STEP_BATCHING``; by default on for GPU-placed models,
   docs/engine.md): for the families whose denoising loop the engine owns
-  (``tasks/denoise``), requests join a running loop between steps and leave it when their own steps are done, so a 4-step request does not
-  wait for a 25-step one.
+  (``tasks/denoise``), requests join a running loop between steps and leave it when their
+  own steps are done, so a 4-step request does not wait for a 25-step one.
 A request that waited while another model was loaded is planned again against the new one.
 """
 
