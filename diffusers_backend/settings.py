@@ -318,6 +318,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
     # Read where they are used (no Settings field), documented here with the rest.
     EnvVar("DIFFUSERS_LOADER_CACHE_DIR", "", None, "where the pipeline registry cache lives",
            default="`~/.cache/localai-diffusers`"),
+    EnvVar("DIFFUSERS_COMPILE_CACHE_DIR", "", None, "where `compile` / `compile_regional` "
+           "keep compiled kernels, so the next start of the same model skips most of the "
+           "compile (an explicit `TORCHINDUCTOR_CACHE_DIR` wins; docs/acceleration.md)",
+           default="`~/.cache/localai-diffusers/torch-compile`"),
     EnvVar("HF_HUB_OFFLINE", "", None, "standard Hugging Face variable: never contact the Hub",
            default="unset"),
 )
