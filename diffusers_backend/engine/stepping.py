@@ -78,6 +78,8 @@ class StepLoop:
         try:
             slot = denoise.admit(plan, self.variants)
         except Exception as exc:  # noqa: BLE001 - this request's own error
+            if is_out_of_memory(exc):  # its latents did not fit: free what the try left
+                self._free_after_out_of_memory()
             ticket.finish(error=exc)
             return
         self.active.append(Member(ticket, plan, slot, timings.now()))
@@ -125,13 +127,17 @@ class StepLoop:
             if len(slots) > 1:
                 member.shared_steps += 1
 
+    def _free_after_out_of_memory(self) -> None:
+        log.warning("out of memory; freeing cached memory before the next request")
+        self.engine._release_memory()
+
     def _step_failed(self, exc: Exception) -> None:
         if not is_out_of_memory(exc):
             for member in self.active:
                 member.ticket.finish(error=exc)
             self.active = []
             return
-        self.engine._release_memory()
+        self._free_after_out_of_memory()
         keep = self.scheduler.out_of_memory(len(self.active), self.pixels)
         if keep == 0:
             for member in self.active:
