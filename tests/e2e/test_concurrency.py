@@ -41,8 +41,10 @@ PER_CLIENT = 13  # 16 x 13 = 208 requests
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_sd) -> BackendProcess:
+    # DIFFUSERS_STEP_BATCHING as a CPU user gets it (auto: request-level on a CPU): the wall
+    # time bound below is the default's; step-level serving is tested in its own modules.
     proc = start_backend(tmp_path_factory.mktemp("concurrency-server"),
-                         env={"PYTHON_GRPC_MAX_WORKERS": "4"})
+                         env={"PYTHON_GRPC_MAX_WORKERS": "4", "DIFFUSERS_STEP_BATCHING": "auto"})
     assert proc.load(tiny_sd).success
     proc.image(tmp_path_factory.mktemp("warm") / "warm.png", step=1)  # first call warms up
     yield proc
