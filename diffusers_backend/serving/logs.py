@@ -68,14 +68,20 @@ def configure_logging(level: str, fmt: str = "text") -> None:
 
 
 def adopt_library_loggers() -> None:
-    """With JSON logs, make transformers and diffusers log through our handler.
+    """With JSON logs, make torch, transformers and diffusers log through our handler.
 
-    Both libraries install a stderr handler of their own (plain text) and stop
-    propagation; the background import thread calls this before the heavy imports, so
+    Each library installs a stderr handler of its own (plain text) and stops
+    propagation; the background import thread calls this right after importing torch, so
     their warnings come out as JSON like every other line. A no-op with text logs.
     """
     if not _json:
         return
+    # torch's own logging (torch._logging, set up at import) writes glog-style lines through
+    # a handler of its own on the "torch" logger; torchao's import warns through it.
+    torch_logger = logging.getLogger("torch")
+    for handler in list(torch_logger.handlers):
+        torch_logger.removeHandler(handler)
+    torch_logger.propagate = True
     for name in ("transformers.utils.logging", "diffusers.utils.logging"):
         try:
             library = importlib.import_module(name)

@@ -190,11 +190,12 @@ def warm_imports(done: threading.Event) -> None:
     """Import the heavy libraries after the port is open; LoadModel waits on ``done``."""
     started = time.perf_counter()
     try:
+        import torch  # noqa: F401 - first: its log handler is adopted before others import
+
         from diffusers_backend.serving.logs import adopt_library_loggers
 
         adopt_library_loggers()  # JSON logs: library warnings as JSON too
         import diffusers  # noqa: F401
-        import torch  # noqa: F401
         from diffusers import DiffusionPipeline  # noqa: F401 - resolves the lazy module
 
         # What every LoadModel needs next: the AutoPipeline tables (they pull in the SD, SDXL
