@@ -3,11 +3,16 @@
 Two engines serve the same model in this process, one with ``DIFFUSERS_STEP_BATCHING`` on
 and one with it off (request-level batches only). Both get the same request stream: mixed
 4- and 25-step text-to-image requests (half each, seeds and prompts differ) arriving as a
-Poisson process at about 50 %, 80 % and 95 % of capacity, where capacity is the request
-rate a server that runs one request at a time sustains (1 / mean lone service time, measured
-first). The two modes are interleaved level by level, so machine load hits both alike.
-Reported per mode and level: p50 and p99 latency (arrival to file written), throughput;
-then the saturation throughput (every request queued at once) and lone-request latency.
+Poisson process at about 50 %, 80 % and 95 % of capacity.
+
+Capacity is the baseline's: the request-level engine's saturation throughput (every request
+queued at once, so it batches as fully as it ever can), measured first. A server that
+batches sustains several times the rate of one that runs one request at a time, so a load
+level relative to one-at-a-time service (``--capacity one-at-a-time``, printed too) would
+leave a batching server mostly idle and measure nothing. The two modes are interleaved
+level by level, so machine load hits both alike. Reported per mode and level: p50 and p99
+latency (arrival to file written) and throughput; then the saturation throughput and
+lone-request latency (the median of ``--repeats`` alternating calls).
 
 Run: .venv/bin/python bench/bench_continuous.py            (tiny SD, CPU, ~2 min idle)
      .venv/bin/python bench/bench_continuous.py --model PATH --size 512 --requests 60  (GPU)
@@ -82,22 +87,64 @@ def poisson_run(runtime, folder: Path, rate: float, steps: list[int], size: int,
     return latencies, len(steps) / (time.monotonic() - started)
 
 
+def step_cost_curve(runtime, size: int, sizes: tuple[int, ...] = (1, 2, 4, 8, 16),
+                    repeats: int = 5) -> dict[int, float]:
+    """Seconds of one denoising step of ``b`` requests (median of ``repeats``), run by the
+    engine's own loop on the loaded pipeline: the curve that decides whether sharing steps
+    pays. Where a step of 8 costs about 8 single steps (compute-bound, a CPU) sharing steps
+    only reorders work; where it costs little more than one (a GPU) it multiplies
+    throughput."""
+    import torch
+
+    from diffusers_backend.tasks import denoise
+
+    pipe = runtime.engine.loaded.pipe
+    loop = denoise.loop_for(pipe)
+    curve = {}
+    with torch.no_grad():
+        for b in sizes:
+            slots = [loop.admit(pipe, dict(prompt=f"a cube {i}", num_inference_steps=repeats + 1,
+                                           width=size, height=size, guidance_scale=7.5,
+                                           generator=torch.Generator("cpu").manual_seed(i)))
+                     for i in range(b)]
+            loop.step(pipe, slots)  # warm-up
+            samples = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                loop.step(pipe, slots)
+                samples.append(time.perf_counter() - started)
+            curve[b] = statistics.median(samples)
+    return curve
+
+
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def lone_latencies(runtime, folder: Path, size: int, repeats: int) -> dict[int, float]:
-    return {n: statistics.median(serve(runtime, folder, 900 + r, n, size)
-                                 for r in range(repeats)) for n in STEPS}
+def lone_latencies(modes: dict, folder: Path, size: int, repeats: int
+                   ) -> dict[str, dict[int, float]]:
+    """Median lone-request latency per mode and step count; the modes alternate call by
+    call, so a slow spell of the machine hits both."""
+    samples: dict[str, dict[int, list[float]]] = {name: {n: [] for n in STEPS} for name in modes}
+    for r in range(repeats):
+        for n in STEPS:
+            for name, runtime in modes.items():
+                samples[name][n].append(serve(runtime, folder, 900 + r, n, size))
+    return {name: {n: statistics.median(v) for n, v in per.items()}
+            for name, per in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="", help="model folder (default: tiny SD)")
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=24, help="per mode and load level")
-    parser.add_argument("--repeats", type=int, default=3, help="lone requests per step count")
+    parser.add_argument("--requests", type=int, default=40, help="per mode and load level")
+    parser.add_argument("--repeats", type=int, default=9, help="lone requests per step count")
+    parser.add_argument("--levels", type=float, nargs="+", default=list(LEVELS),
+                        help="load levels, fractions of capacity")
+    parser.add_argument("--capacity", choices=("saturation", "one-at-a-time"),
+                        default="saturation", help="what the load levels are relative to")
     args = parser.parse_args(argv)
     model = args.model
     if not model:
@@ -112,15 +159,27 @@ def main(argv: list[str] | None = None) -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-continuous-"))
     for runtime in modes.values():  # warm-up
         serve(runtime, folder, 0, 2, args.size)
-    lone = {name: lone_latencies(rt, folder, args.size, args.repeats) for name, rt in modes.items()}
-    mean_service = statistics.mean(lone["request-level"][n] for n in STEPS)
-    capacity = 1.0 / mean_service
+        serve(runtime, folder, 0, 2, args.size)
+    curve = step_cost_curve(modes["step-level"], args.size)
+    print("one denoising step of b requests (CFG, so 2b rows): " + ", ".join(
+        f"b={b} {seconds * 1000:.0f} ms ({seconds / curve[1]:.1f}x)"
+        for b, seconds in curve.items()), flush=True)
+    lone = lone_latencies(modes, folder, args.size, args.repeats)
+    saturation = {}
+    steps = mixed_steps(args.requests, 99)
+    for name, runtime in modes.items():
+        saturation[name] = poisson_run(runtime, folder, 1e6, steps, args.size, seed=99)[1]
+    one_at_a_time = 1.0 / statistics.mean(lone["request-level"][n] for n in STEPS)
+    capacity = (one_at_a_time if args.capacity == "one-at-a-time"
+                else saturation["request-level"])
     device = "cuda (float16)" if cuda else "cpu"
     print(f"model {model} {args.size}x{args.size} on {device}; mixed steps {STEPS}; "
-          f"capacity (request-level, one at a time) {capacity:.2f} req/s")
+          f"{args.requests} requests per mode and level")
+    print(f"capacity {capacity:.2f} req/s ({args.capacity}); request-level saturation "
+          f"{saturation['request-level']:.2f} req/s, one at a time {one_at_a_time:.2f} req/s")
     print(f"{'load':>5} {'mode':>14} {'p50 s':>8} {'p99 s':>8} {'req/s':>7}")
     results: dict[tuple[float, str], tuple[float, float, float]] = {}
-    for level_index, level in enumerate(LEVELS):
+    for level_index, level in enumerate(args.levels):
         steps = mixed_steps(args.requests, level_index)
         for name, runtime in modes.items():
             latencies, throughput = poisson_run(runtime, folder, level * capacity, steps,
@@ -131,13 +190,14 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
         step_p99, request_p99 = (results[(level, m)][1] for m in modes)
         print(f"{'':>5} {'p99 ratio':>14} {step_p99 / request_p99:>8.2f}")
-    steps = mixed_steps(args.requests, 99)
-    for name, runtime in modes.items():
-        _, throughput = poisson_run(runtime, folder, 1e6, steps, args.size, seed=99)
-        print(f"saturation {name:>14}: {throughput:.2f} req/s")
+    for name in modes:
+        print(f"saturation {name:>14}: {saturation[name]:.2f} req/s")
+    print(f"saturation ratio: {saturation['step-level'] / saturation['request-level']:.2f}")
     for name in modes:
         print(f"lone {name:>14}: " + ", ".join(f"{n} steps {lone[name][n]:.3f} s"
                                                for n in STEPS))
+    print("lone ratio: " + ", ".join(
+        f"{n} steps {lone['step-level'][n] / lone['request-level'][n]:.3f}" for n in STEPS))
 
 
 if __name__ == "__main__":
