@@ -1,7 +1,9 @@
 """Step-level (continuous) vs request-level batching under Poisson arrivals, in one run.
 
-Two engines serve the same model in this process, one with ``DIFFUSERS_STEP_BATCHING`` on
-and one with it off (request-level batches only). Both get the same request stream: mixed
+Three engines serve the same model in this process, one per ``DIFFUSERS_STEP_BATCHING``
+mode: ``auto`` (the default: step-level, loops grow only while their measured step cost
+says it pays), ``1`` (step-level, loops grow to the memory limit) and ``0`` (request-level
+batches only, the baseline). Both get the same request stream: mixed
 4- and 25-step text-to-image requests (half each, seeds and prompts differ) arriving as a
 Poisson process at about 50 %, 80 % and 95 % of capacity.
 
@@ -9,7 +11,7 @@ Capacity is the baseline's: the request-level engine's saturation throughput (ev
 queued at once, so it batches as fully as it ever can), measured first. A server that
 batches sustains several times the rate of one that runs one request at a time, so a load
 level relative to one-at-a-time service (``--capacity one-at-a-time``, printed too) would
-leave a batching server mostly idle and measure nothing. The two modes are interleaved
+leave a batching server mostly idle and measure nothing. The modes are interleaved
 level by level, so machine load hits both alike. Reported per mode and level: p50 and p99
 latency (arrival to file written) and throughput; then the saturation throughput and
 lone-request latency (the median of ``--repeats`` alternating calls).
@@ -38,7 +40,7 @@ STEPS = (4, 25)
 LEVELS = (0.5, 0.8, 0.95)
 
 
-def make_runtime(model: str, step_batching: bool, cuda: bool = False):
+def make_runtime(model: str, step_batching: bool | None, cuda: bool = False):
     from diffusers_backend.engine.runtime import ModelRuntime
     from diffusers_backend.loading.spec import LoadSpec
     from diffusers_backend.settings import Settings
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     cuda = torch.cuda.is_available()
-    modes = {"step-level": make_runtime(model, True, cuda),
+    modes = {"auto": make_runtime(model, None, cuda),
+             "step-level": make_runtime(model, True, cuda),
              "request-level": make_runtime(model, False, cuda)}
     folder = Path(tempfile.mkdtemp(prefix="bench-continuous-"))
     for runtime in modes.values():  # warm-up
@@ -188,16 +191,24 @@ def main(argv: list[str] | None = None) -> None:
             results[(level, name)] = row
             print(f"{level:>5.0%} {name:>14} {row[0]:>8.3f} {row[1]:>8.3f} {row[2]:>7.2f}",
                   flush=True)
-        step_p99, request_p99 = (results[(level, m)][1] for m in modes)
-        print(f"{'':>5} {'p99 ratio':>14} {step_p99 / request_p99:>8.2f}")
+        request_p99 = results[(level, "request-level")][1]
+        for name in modes:
+            if name != "request-level":
+                print(f"{'':>5} {'p99 ratio':>14} {results[(level, name)][1] / request_p99:>8.2f}"
+                      f" ({name} / request-level)")
     for name in modes:
         print(f"saturation {name:>14}: {saturation[name]:.2f} req/s")
-    print(f"saturation ratio: {saturation['step-level'] / saturation['request-level']:.2f}")
+    for name in modes:
+        if name != "request-level":
+            print(f"saturation ratio {name} / request-level: "
+                  f"{saturation[name] / saturation['request-level']:.2f}")
     for name in modes:
         print(f"lone {name:>14}: " + ", ".join(f"{n} steps {lone[name][n]:.3f} s"
                                                for n in STEPS))
-    print("lone ratio: " + ", ".join(
-        f"{n} steps {lone['step-level'][n] / lone['request-level'][n]:.3f}" for n in STEPS))
+    for name in modes:
+        if name != "request-level":
+            print(f"lone ratio {name} / request-level: " + ", ".join(
+                f"{n} steps {lone[name][n] / lone['request-level'][n]:.3f}" for n in STEPS))
 
 
 if __name__ == "__main__":

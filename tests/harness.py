@@ -86,8 +86,9 @@ def start_backend(tmp_dir: Path, env: dict[str, str] | None = None,
     """Start ``python -m diffusers_backend`` on a free port; wait until Health answers."""
     port = free_port()
     addr = f"127.0.0.1:{port}"
-    # Step-level batching is "auto" (GPU only) by default; the suite runs it on the CPU too so
-    # every served test goes through the step-level engine (a test's env may still turn it off).
+    # Step-level batching is "auto" by default: loops grow only while a bigger step pays, which
+    # on a CPU means about two requests. The suite runs `1` (loops grow to the memory limit) so
+    # the served tests' batches really form; a test's env may set `auto` or `0` instead.
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                 "DIFFUSERS_STEP_BATCHING": "1"}
     full_env.update(env or {})

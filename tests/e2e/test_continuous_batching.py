@@ -17,11 +17,14 @@ _LINE = re.compile(r"GenerateImage OK in .*? seed=(\d+) .*? steps=(\d+) batch=(\
                    r"pipeline=\S+ shared_steps=(\d+)")
 
 
-@pytest.fixture(scope="module")
-def stepping_server(tmp_path_factory, tiny_sd):
+@pytest.fixture(scope="module", params=["1", "auto"])
+def stepping_server(request, tmp_path_factory, tiny_sd):
+    """`1`: loops grow to the memory limit; `auto` (the default): by measured step cost,
+    which always tries a second member, so a short request still joins a long one."""
     server = start_backend(tmp_path_factory.mktemp("stepping"),
                            env={"PYTHON_GRPC_MAX_WORKERS": "4", "DIFFUSERS_BATCH_WINDOW_MS": "0",
-                                "DIFFUSERS_LOG_LEVEL": "DEBUG"})
+                                "DIFFUSERS_LOG_LEVEL": "DEBUG",
+                                "DIFFUSERS_STEP_BATCHING": request.param})
     assert server.load(tiny_sd).success
     yield server
     server.stop()

@@ -120,18 +120,16 @@ class _Loaded:
         self.device = device
 
 
-@pytest.mark.parametrize("device,joins", [("cpu", False), ("cuda", True), ("cuda:1", True),
-                                          ("mps", True)])
-def test_auto_step_batching_follows_the_plans_device(device, joins):
-    """`auto` (the default): a batched step saves time only where a step of several requests
-    costs about one (a GPU); on a CPU it costs the sum, so requests batch per call there."""
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1", "mps"])
+def test_auto_step_batching_serves_step_by_step_on_every_device(device):
+    """`auto` (the default) joins loops on a CPU too; how far a loop grows follows its
+    measured step cost (test_step_costs.py), not the device's name."""
     plan = Plan()
     plan.loaded = _Loaded(device)
     assert Settings().step_batching is None
-    key = _scheduler(step_batching=None).step_key(plan)
-    assert (key is not None) is joins
-    assert _scheduler(max_batch=1).step_key(Plan()) is None
-    assert _scheduler().step_key(Plan()) == ("steps", 64)
+    assert _scheduler(step_batching=None).step_key(plan) == ("steps", 64)
+    assert _scheduler(max_batch=1, step_batching=None).step_key(plan) is None
+    assert _scheduler(step_batching=False).step_key(plan) is None
 
 
 def test_out_of_memory_halves_and_a_single_one_fails():
@@ -162,3 +160,32 @@ def test_cancelled_tickets_at_the_head_are_handed_over_not_counted():
     taken = scheduler.joiners(("steps", 64), 1, 64 * 64)
     assert [t.name for t in taken] == ["gone", "a"]  # room for one live joiner
     assert [t.name for t in scheduler.queue] == ["b"]
+
+
+KEY = ("steps", 64)
+
+
+def test_auto_mode_caps_joiners_by_step_cost_and_1_does_not():
+    queued = [Ticket(f"r{i}", Plan()) for i in range(6)]
+    auto = _scheduler(step_batching=None)
+    for batch, seconds in {1: 1.0, 2: 2.0, 3: 3.0}.items():
+        auto.step_ran(KEY, batch, seconds)
+    _queue(auto, *queued)
+    assert [t.name for t in auto.joiners(KEY, 1, 64 * 64)] == ["r0"]
+    assert auto.joiners(KEY, 2, 64 * 64) == []
+
+    always = _scheduler(step_batching=True)
+    for batch, seconds in {1: 1.0, 2: 2.0, 3: 3.0}.items():
+        always.step_ran(KEY, batch, seconds)
+    _queue(always, *queued)
+    assert len(always.joiners(KEY, 1, 64 * 64)) == 6
+
+
+def test_step_costs_are_per_loop_and_forgotten_with_the_model():
+    scheduler = _scheduler(step_batching=None)
+    for batch, seconds in {1: 1.0, 2: 2.0, 3: 3.0}.items():
+        scheduler.step_ran(KEY, batch, seconds)
+    assert scheduler.step_room(KEY, 2, 64 * 64) == 0
+    assert scheduler.step_room(("steps", 128), 2, 128 * 128) == 1  # never measured
+    scheduler.model_changed()
+    assert scheduler.step_room(KEY, 2, 64 * 64) == 1
