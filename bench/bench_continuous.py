@@ -1,9 +1,8 @@
 """Step-level (continuous) vs request-level batching under Poisson arrivals, in one run.
 
-Three engines serve the same model in this process, one per ``DIFFUSERS_STEP_BATCHING``
-mode: ``auto`` (the default: step-level, loops grow only while their measured step cost
-says it pays), ``1`` (step-level, loops grow to the memory limit) and ``0`` (request-level
-batches only, the baseline). Both get the same request stream: mixed
+Two engines serve the same model in this process: one with ``DIFFUSERS_STEP_BATCHING`` at
+its default (``auto``: step-level) and one with it off (``0``: request-level batches only,
+the baseline). Both get the same request stream: mixed
 4- and 25-step text-to-image requests (half each, seeds and prompts differ) arriving as a
 Poisson process at about 50 %, 80 % and 95 % of capacity.
 
@@ -11,8 +10,9 @@ Capacity is the baseline's: the request-level engine's saturation throughput (ev
 queued at once, so it batches as fully as it ever can), measured first. A server that
 batches sustains several times the rate of one that runs one request at a time, so a load
 level relative to one-at-a-time service (``--capacity one-at-a-time``, printed too) would
-leave a batching server mostly idle and measure nothing. The modes are interleaved
-level by level, so machine load hits both alike. Reported per mode and level: p50 and p99
+leave a batching server mostly idle and measure nothing. Each stream is cut into
+``--chunks`` parts served by every mode in turn, the order rotating part by part, so a
+slow spell of the machine hits every mode alike. Reported per mode and level: p50 and p99
 latency (arrival to file written) and throughput; then the saturation throughput and
 lone-request latency (the median of ``--repeats`` alternating calls).
 
@@ -119,6 +119,27 @@ def step_cost_curve(runtime, size: int, sizes: tuple[int, ...] = (1, 2, 4, 8, 16
     return curve
 
 
+def interleaved(modes: dict, folder: Path, rate: float, steps: list[int], size: int,
+                seed: int, chunks: int) -> dict[str, tuple[list[float], float]]:
+    """The stream cut into ``chunks`` consecutive parts; each part is served by every mode
+    in turn, the order rotating part by part, so a slow spell of a shared machine (minutes
+    long on a VM) hits every mode alike. Per mode: all latencies, throughput over its parts."""
+    names = list(modes)
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    busy: dict[str, float] = dict.fromkeys(names, 0.0)
+    per_chunk = -(-len(steps) // chunks)
+    for chunk in range(chunks):
+        part = steps[chunk * per_chunk:(chunk + 1) * per_chunk]
+        if not part:
+            break
+        for name in names[chunk % len(names):] + names[:chunk % len(names)]:
+            samples, throughput = poisson_run(modes[name], folder, rate, part, size,
+                                              seed=seed * 1000 + chunk)
+            latencies[name] += samples
+            busy[name] += len(part) / throughput
+    return {name: (latencies[name], len(latencies[name]) / busy[name]) for name in names}
+
+
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -143,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--requests", type=int, default=40, help="per mode and load level")
     parser.add_argument("--repeats", type=int, default=9, help="lone requests per step count")
+    parser.add_argument("--chunks", type=int, default=4,
+                        help="parts of each stream, served by the modes in rotating order")
     parser.add_argument("--levels", type=float, nargs="+", default=list(LEVELS),
                         help="load levels, fractions of capacity")
     parser.add_argument("--capacity", choices=("saturation", "one-at-a-time"),
@@ -156,8 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     cuda = torch.cuda.is_available()
-    modes = {"auto": make_runtime(model, None, cuda),
-             "step-level": make_runtime(model, True, cuda),
+    modes = {"step-level": make_runtime(model, None, cuda),
              "request-level": make_runtime(model, False, cuda)}
     folder = Path(tempfile.mkdtemp(prefix="bench-continuous-"))
     for runtime in modes.values():  # warm-up
@@ -168,10 +190,9 @@ def main(argv: list[str] | None = None) -> None:
         f"b={b} {seconds * 1000:.0f} ms ({seconds / curve[1]:.1f}x)"
         for b, seconds in curve.items()), flush=True)
     lone = lone_latencies(modes, folder, args.size, args.repeats)
-    saturation = {}
     steps = mixed_steps(args.requests, 99)
-    for name, runtime in modes.items():
-        saturation[name] = poisson_run(runtime, folder, 1e6, steps, args.size, seed=99)[1]
+    saturation = {name: throughput for name, (_, throughput) in interleaved(
+        modes, folder, 1e6, steps, args.size, 99, args.chunks).items()}
     one_at_a_time = 1.0 / statistics.mean(lone["request-level"][n] for n in STEPS)
     capacity = (one_at_a_time if args.capacity == "one-at-a-time"
                 else saturation["request-level"])
@@ -184,9 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[tuple[float, str], tuple[float, float, float]] = {}
     for level_index, level in enumerate(args.levels):
         steps = mixed_steps(args.requests, level_index)
-        for name, runtime in modes.items():
-            latencies, throughput = poisson_run(runtime, folder, level * capacity, steps,
-                                                args.size, seed=level_index)
+        served = interleaved(modes, folder, level * capacity, steps, args.size, level_index,
+                             args.chunks)
+        for name, (latencies, throughput) in served.items():
             row = (percentile(latencies, 0.5), percentile(latencies, 0.99), throughput)
             results[(level, name)] = row
             print(f"{level:>5.0%} {name:>14} {row[0]:>8.3f} {row[1]:>8.3f} {row[2]:>7.2f}",

@@ -255,8 +255,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "(`1` turns batching off)"),
     EnvVar("DIFFUSERS_STEP_BATCHING", "step_batching", parse_bool_or_auto, "text-to-image "
            "requests join and leave a running denoising loop between steps (SD 1.x/2.x, SDXL, "
-           "SD3; docs/engine.md); `auto`: on when the model runs on a GPU (on a CPU a batched "
-           "step costs the sum of its members), `1` always, `0` request-level batches only",
+           "SD3; docs/engine.md); `auto` and `1`: on wherever such a loop serves the model (GPU "
+           "and CPU: measured, it cuts p50 and p99 latency at equal throughput), `0`: "
+           "request-level batches only",
            default="auto"),
     EnvVar("DIFFUSERS_BATCH_WINDOW_MS", "batch_window_ms", parse_window_ms, "how long a "
            "request about to run waits for requests that are still being validated, so "

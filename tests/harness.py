@@ -86,11 +86,9 @@ def start_backend(tmp_dir: Path, env: dict[str, str] | None = None,
     """Start ``python -m diffusers_backend`` on a free port; wait until Health answers."""
     port = free_port()
     addr = f"127.0.0.1:{port}"
-    # Step-level batching is "auto" by default: loops grow only while a bigger step pays, which
-    # on a CPU means about two requests. The suite runs `1` (loops grow to the memory limit) so
-    # the served tests' batches really form; a test's env may set `auto` or `0` instead.
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-                "DIFFUSERS_STEP_BATCHING": "1"}
+    # Step-level batching is on by default (auto), so every served test goes through the
+    # step-level engine; a test's env may turn it off.
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     full_env.update(env or {})
     log_path = tmp_dir / f"backend-{port}.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed when the process ends

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from diffusers_backend.engine.batch_sizer import BatchSizer
-from diffusers_backend.engine.step_costs import StepCosts
 from diffusers_backend.settings import Settings
 
 AUTO_WINDOW_FRACTION = 0.1  # of the last pipeline call's time, while companions arrive...
@@ -36,7 +35,6 @@ class Scheduler:
         self.arriving = 0  # requests being validated, whose tickets are on their way
         self.last_call_s = 0.0  # the last pipeline call (or denoising step run) took this
         self.sizer = BatchSizer(settings.max_batch)
-        self.step_costs: dict[tuple[Any, ...], StepCosts] = {}  # per step-level loop key
         self._step_key_of = step_key_of
 
     # -- the queue ------------------------------------------------------------------------
@@ -53,9 +51,8 @@ class Scheduler:
             self.queue.appendleft(ticket)
 
     def model_changed(self) -> None:
-        """A new model: what the old one taught about memory and step costs no longer holds."""
+        """A new model: what the old one taught about memory no longer holds."""
         self.sizer = BatchSizer(self.settings.max_batch)
-        self.step_costs = {}
 
     # -- batch windows ------------------------------------------------------------------------
     def batch_windows(self) -> tuple[float, float]:
@@ -77,6 +74,8 @@ class Scheduler:
     def gather_wait(self, first: Any, waited_s: float) -> float:
         """Seconds ``first`` should still wait for companions before its batch forms (0: go)."""
         if self.settings.max_batch <= 1 or first.plan.batch_key() is None:
+            return 0.0
+        if self.step_key(first.plan) is not None:  # companions join between steps instead
             return 0.0
         if len(self.queue) + 1 >= self.settings.max_batch:
             return 0.0
@@ -114,33 +113,19 @@ class Scheduler:
         return self._step_key_of(plan)
 
     def _step_batching_for(self, plan: Any) -> bool:
-        """DIFFUSERS_STEP_BATCHING: off only when set to 0 (``auto`` grows loops by their
-        measured step cost, see :meth:`step_room`)."""
+        """DIFFUSERS_STEP_BATCHING: off only when set to 0 (``auto`` and ``1`` are on; see
+        docs/engine.md for the measurements behind the default)."""
         return self.settings.step_batching is not False
-
-    def step_ran(self, key: tuple[Any, ...], active: int, seconds: float) -> None:
-        """A denoising step of loop ``key`` served ``active`` requests in ``seconds``."""
-        self.step_costs.setdefault(key, StepCosts()).record(active, seconds)
-
-    def step_room(self, key: tuple[Any, ...], active: int, pixels: int) -> int:
-        """How many more requests may join loop ``key`` of ``active``: up to the memory-aware
-        limit; under ``auto`` also only while a bigger step is worth it by its measured cost
-        (engine/step_costs.py)."""
-        limit = self.batch_limit(pixels)
-        if self.settings.step_batching is None:
-            costs = self.step_costs.setdefault(key, StepCosts())
-            return costs.room(active, limit)
-        return max(0, limit - active)
 
     def joiners(self, key: tuple[Any, ...], active: int, pixels: int) -> list[Any]:
         """Take tickets from the head of the queue that may join the running loop ``key``.
 
         First come, first served: joining stops at the first ticket that cannot join, so a
         request of another kind is never overtaken forever; the loop then drains and that
-        request runs next. The loop never grows past :meth:`step_room`. Cancelled tickets
-        at the head are taken too (not counted), for the executor to answer.
+        request runs next. The loop never grows past the memory-aware limit. Cancelled
+        tickets at the head are taken too (not counted), for the executor to answer.
         """
-        room = self.step_room(key, active, pixels)
+        room = self.batch_limit(pixels) - active
         taken: list[Any] = []
         while self.queue and len(taken) < room:
             ticket = self.queue[0]

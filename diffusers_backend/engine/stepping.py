@@ -122,8 +122,6 @@ class StepLoop:
             return
         seconds = timings.now() - started
         timings.step_ran(type(self.pipe).__name__, len(slots), seconds)
-        with self.engine._cv:
-            self.scheduler.step_ran(self.key, len(slots), seconds)
         for member in self.active:
             member.largest_batch = max(member.largest_batch, len(slots))
             if len(slots) > 1:

@@ -41,8 +41,8 @@ PER_CLIENT = 13  # 16 x 13 = 208 requests
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_sd) -> BackendProcess:
-    # DIFFUSERS_STEP_BATCHING as a user gets it (auto: step-level, loops grow by their measured
-    # step cost): the wall time bound below is the default's; `1` and `0` have their own tests.
+    # DIFFUSERS_STEP_BATCHING as a user gets it (auto: step-level wherever a loop serves the
+    # model): the wall time bound below is the default's; `0` has its own tests.
     proc = start_backend(tmp_path_factory.mktemp("concurrency-server"),
                          env={"PYTHON_GRPC_MAX_WORKERS": "4", "DIFFUSERS_STEP_BATCHING": "auto"})
     assert proc.load(tiny_sd).success

@@ -19,8 +19,8 @@ _LINE = re.compile(r"GenerateImage OK in .*? seed=(\d+) .*? steps=(\d+) batch=(\
 
 @pytest.fixture(scope="module", params=["1", "auto"])
 def stepping_server(request, tmp_path_factory, tiny_sd):
-    """`1`: loops grow to the memory limit; `auto` (the default): by measured step cost,
-    which always tries a second member, so a short request still joins a long one."""
+    """`1` and `auto` (the default) both serve step by step; both are checked so a default
+    that stops doing so fails here."""
     server = start_backend(tmp_path_factory.mktemp("stepping"),
                            env={"PYTHON_GRPC_MAX_WORKERS": "4", "DIFFUSERS_BATCH_WINDOW_MS": "0",
                                 "DIFFUSERS_LOG_LEVEL": "DEBUG",
