@@ -79,7 +79,9 @@ def step(pipe: Any, slots: list[Slot]) -> None:
     added = None
     if "text_embeds" in rows:
         added = {"text_embeds": rows.pop("text_embeds"), "time_ids": rows.pop("time_ids")}
-    output = pipe.unet(stacked(inputs), stacked(times),
+    # A lone request passes its timestep as the pipeline does (a scalar, no per-row copy).
+    timestep = slots[0].timestep() if len(slots) == 1 else stacked(times)
+    output = pipe.unet(stacked(inputs), timestep,
                        encoder_hidden_states=rows["encoder_hidden_states"],
                        added_cond_kwargs=added, return_dict=False)[0]
     guide_and_step(slots, output)
