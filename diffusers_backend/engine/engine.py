@@ -326,8 +326,9 @@ class Engine:
             return
         self.scheduler.call_ran(timings.now() - started)
         self._used_since_release = True
-        timings.pipeline_ran([(t.record, getattr(p, "seed", None), getattr(p, "steps", 0))
-                              for t, p in batch],
+        timings.pipeline_ran([(t.record, getattr(p, "seed", None),
+                               int(getattr(output, "steps", 0) or getattr(p, "steps", 0)))
+                              for (t, p), output in zip(batch, outputs, strict=True)],
                              type(plans[0].loaded.pipe).__name__ if plans[0].loaded else "",
                              self.scheduler.last_call_s)
         for (ticket, plan), output in zip(batch, outputs, strict=True):

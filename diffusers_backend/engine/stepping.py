@@ -165,7 +165,8 @@ class StepLoop:
             self.scheduler.call_ran(seconds)
             self.engine._used_since_release = True
             timings.stepped_request_ran(
-                member.ticket.record, seed=member.plan.seed, steps=member.plan.steps,
+                member.ticket.record, seed=member.plan.seed,
+                steps=getattr(picture, "steps", None) or member.plan.steps,
                 pipeline=type(self.pipe).__name__, seconds=seconds,
                 batch=member.largest_batch, shared_steps=member.shared_steps)
             self.served += 1

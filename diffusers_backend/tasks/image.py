@@ -58,9 +58,40 @@ class _Inputs:
         return self.mask is not None
 
 
+@dataclass(frozen=True)
+class CallFacts:
+    """What building a plan's call decided on the pipeline thread; the plan itself stays as
+    it was validated."""
+
+    steps: int  # the steps the call runs (img2img may raise the request's; see build_call)
+    pipeline: str  # the class that runs it: the loaded pipeline or its img2img/inpaint variant
+    note: str  # the plan's note, plus what the call changed
+
+
+@dataclass(frozen=True)
+class ImageOutput:
+    """One picture a call made, with the facts of the call that made it."""
+
+    image: Any
+    facts: CallFacts
+
+    @property
+    def steps(self) -> int:
+        return self.facts.steps
+
+    @property
+    def width(self) -> int:
+        return int(self.image.width)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.height)
+
+
 @dataclass(eq=False)
 class ImagePlan:
-    """One validated GenerateImage request: everything but the tensors."""
+    """One validated GenerateImage request: everything but the tensors. Not changed after
+    validation: what the pipeline thread decides comes back in :class:`CallFacts`."""
 
     job: ImageJob
     loaded: LoadedPipeline
@@ -73,7 +104,6 @@ class ImagePlan:
     negative: str
     note: str
     inputs: _Inputs = field(default_factory=_Inputs)
-    pipe_used: str = ""
 
     @property
     def pixels(self) -> int:
@@ -99,20 +129,22 @@ class ImagePlan:
     @staticmethod
     def run(batch: list[ImagePlan], variants: Any, is_cancelled: IsCancelled) -> list[Any]:
         """One pipeline call for plans of equal batch keys (or one plan); one image each."""
-        calls = [plan._build_call(variants) for plan in batch]
-        pipe, call = calls[0]
+        calls = [plan.build_call(variants) for plan in batch]
+        pipe, call, _ = calls[0]
         call = dict(call)
         if len(batch) > 1:
             for key in _PER_ITEM_KEYS:
                 if key in call:
-                    call[key] = [item_call[key] for _, item_call in calls]
+                    call[key] = [item_call[key] for _, item_call, _ in calls]
         if call_signature(type(pipe)).accepts("callback_on_step_end"):
             call["callback_on_step_end"] = cancel_callback(is_cancelled)
         images = pipe(**call).images
-        return list(images[: len(batch)])
+        return [ImageOutput(image, facts)
+                for image, (_, _, facts) in zip(images[: len(batch)], calls, strict=True)]
 
-    def _build_call(self, variants: Any) -> tuple[Any, dict[str, Any]]:
-        """The pipeline (loaded, or its img2img/inpaint variant) and its keyword arguments."""
+    def build_call(self, variants: Any) -> tuple[Any, dict[str, Any], CallFacts]:
+        """The pipeline (loaded, or its img2img/inpaint variant), its keyword arguments and
+        the facts of the call."""
         loaded, inputs = self.loaded, self.inputs
         pipe, image_kwargs = _target(loaded, variants, inputs, self)
         sig = call_signature(type(pipe))
@@ -135,32 +167,31 @@ class ImagePlan:
         kwargs.update(num_inference_steps=self.steps, generator=make_generator(self.seed))
         kwargs.update(size_kwargs(width, height))
         call = accepted_kwargs(kwargs, sig)
+        steps, note = self.steps, self.note
         strength = call.get("strength")
         if (isinstance(strength, (int, float)) and 0 < strength <= 1
                 and int(call.get("num_inference_steps", 0) * strength) < 1):
             # img2img denoises only steps*strength steps; 0 would crash inside diffusers.
-            self.steps = call["num_inference_steps"] = -int(-1 // strength)
-            self.note = "; ".join(x for x in (self.note, f"steps raised to {self.steps} so that "
-                                              f"strength {strength} runs at least one "
-                                              "denoising step") if x)
-        self.pipe_used = type(pipe).__name__
-        return pipe, call
+            steps = call["num_inference_steps"] = -int(-1 // strength)
+            note = "; ".join(x for x in (note, f"steps raised to {steps} so that strength "
+                                         f"{strength} runs at least one denoising step") if x)
+        return pipe, call, CallFacts(steps, type(pipe).__name__, note)
 
     # -- writer thread -----------------------------------------------------------------
-    def write(self, image: Any) -> str:
+    def write(self, output: ImageOutput) -> str:
         """Write the PNG (inpainting: original pasted back outside the mask); the reply."""
-        inputs, job = self.inputs, self.job
+        inputs, job, facts, image = self.inputs, self.job, output.facts, output.image
         if inputs.inpaint:
             image = paste_outside_mask(image, inputs.image, inputs.mask)
         media.write_png_atomic(image, job.dst, compress_level=self.settings.png_compression)
         parts = [f"image written to {job.dst}", f"seed={self.seed}",
-                 f"{image.width}x{image.height}", f"steps={self.steps}"]
+                 f"{image.width}x{image.height}", f"steps={facts.steps}"]
         if inputs.inpaint:
-            parts.append(f"inpainted with {self.pipe_used}")
+            parts.append(f"inpainted with {facts.pipeline}")
         elif inputs.image is not None:
-            parts.append(f"from the input image with {self.pipe_used}")
-        if self.note:
-            parts.append(self.note)
+            parts.append(f"from the input image with {facts.pipeline}")
+        if facts.note:
+            parts.append(facts.note)
         return "; ".join(parts)
 
 

@@ -153,8 +153,25 @@ def test_the_auto_window_waits_for_requests_being_validated(make_engine):
     recorder = Recorder(run_s=0.5)
     _run_clients(engine, [StubPlan("warm", recorder, loaded)])
     plans = [StubPlan(f"r{i}", recorder, loaded) for i in range(4)]
-    _run_clients(engine, plans, validate_s=0.005)
+    # All four are being validated before the first is queued (a thread that starts late
+    # on a busy machine would otherwise not count as arriving yet); they finish 10 ms apart,
+    # beyond the idle window (5 ms) and within the busy one (50 ms).
+    everyone_arriving = threading.Barrier(len(plans))
+    results: dict = {}
+
+    def serve(index: int, plan: StubPlan) -> None:
+        with engine.arriving() as arrival:
+            everyone_arriving.wait(timeout=10)
+            time.sleep(0.01 * index)
+            results[plan.name] = engine.submit(plan, lambda: False, arrival)
+
+    threads = [threading.Thread(target=serve, args=item) for item in enumerate(plans)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
     assert [len(b) for b in recorder.batches] == [1, 4]
+    assert results == {p.name: f"output of {p.name}" for p in plans}
 
 
 def test_the_window_is_bounded_by_a_slow_companion(make_engine):

@@ -63,13 +63,13 @@ def admit(plan: Any, variants: Any) -> Slot:
     """Start ``plan``'s denoising: the same call the pipeline would get, taken apart."""
     import torch
 
-    pipe, call = plan._build_call(variants)
+    pipe, call, facts = plan.build_call(variants)
     loop = loop_for(pipe)
     if loop is None:
         raise RuntimeError(f"no denoising loop serves {type(pipe).__name__}")
     with torch.no_grad():
         slot = loop.admit(pipe, call)
-    slot.loop = loop
+    slot.loop, slot.facts = loop, facts
     return slot
 
 
@@ -82,8 +82,12 @@ def step_together(pipe: Any, slots: list[Slot]) -> None:
 
 
 def decode(pipe: Any, slot: Slot) -> Any:
-    """The finished slot's picture."""
+    """The finished slot's picture, as the plan's writer takes it (with its call's facts
+    when the slot was admitted from a plan; the bare picture otherwise)."""
     import torch
 
+    from diffusers_backend.tasks.image import ImageOutput
+
     with torch.no_grad():
-        return slot.loop.decode(pipe, slot)
+        picture = slot.loop.decode(pipe, slot)
+    return picture if slot.facts is None else ImageOutput(picture, slot.facts)

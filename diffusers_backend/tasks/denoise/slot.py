@@ -27,6 +27,7 @@ class Slot:
     extra_step: dict = field(default_factory=dict)
     index: int = 0
     loop: Any = None  # the family's loop module (admit / step / decode), set by admission
+    facts: Any = None  # the plan's CallFacts (tasks/image.py), set by admission
 
     @property
     def done(self) -> bool:
