@@ -31,16 +31,33 @@ def is_upscaler(pipe: Any) -> bool:
     return pipe is not None and "Upscale" in type(pipe).__name__
 
 
+@dataclass(frozen=True)
+class UpscaleOutput:
+    """The upscaled picture, and the steps and guidance the upscaler ran with (empty for
+    Lanczos), for the reply."""
+
+    image: Any
+    ran: str = ""
+
+    @property
+    def width(self) -> int:
+        return int(self.image.width)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.height)
+
+
 @dataclass(eq=False)
 class UpscalePlan:
-    """One validated upscale request: the decoded picture and the target size."""
+    """One validated upscale request: the decoded picture and the target size. Not changed
+    after validation: what the call ran with comes back in :class:`UpscaleOutput`."""
 
     job: UpscaleJob
     loaded: LoadedPipeline | None
     settings: Settings
     image: Any
     scale: int
-    ran: str = ""  # steps and guidance the upscaler ran with, for the reply
 
     pixels = 0  # never batched
 
@@ -59,8 +76,8 @@ class UpscalePlan:
         """The loaded upscaler on the one plan of ``batch`` (Lanczos without one)."""
         (plan,) = batch
         if plan.loaded is None or not is_upscaler(plan.loaded.pipe):
-            return [media.lanczos_upscale(plan.image, plan.scale,
-                                          max_pixels=plan.settings.max_pixels)]
+            return [UpscaleOutput(media.lanczos_upscale(plan.image, plan.scale,
+                                                        max_pixels=plan.settings.max_pixels))]
         pipe = plan.loaded.pipe
         sig = call_signature(type(pipe))
         kwargs: dict[str, Any] = {"prompt": "", "image": plan.image,
@@ -70,19 +87,20 @@ class UpscalePlan:
             kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)
         call = accepted_kwargs(kwargs, sig)
         result = pipe(**call).images[0]
-        plan.ran = _what_ran(pipe, call)
+        ran = _what_ran(pipe, call)
         if plan.job.scale and result.size != plan.target:
             from PIL import Image
 
             result = result.resize(plan.target, Image.Resampling.LANCZOS)
-        return [result]
+        return [UpscaleOutput(result, ran)]
 
-    def write(self, result: Any) -> str:
+    def write(self, output: UpscaleOutput) -> str:
+        result = output.image
         media.write_png_atomic(result, self.job.dst,
                                compress_level=self.settings.png_compression)
         how = "lanczos" if self.loaded is None or not is_upscaler(self.loaded.pipe) \
             else type(self.loaded.pipe).__name__
-        ran = f", {self.ran}" if self.ran else ""
+        ran = f", {output.ran}" if output.ran else ""
         return (f"upscaled {self.image.width}x{self.image.height} to "
                 f"{result.width}x{result.height} ({how}{ran})")
 
