@@ -27,6 +27,21 @@ MAX_SEED = 2**31 - 1
 IsCancelled = Callable[[], bool]
 
 
+class PictureOutput:
+    """Base of a call's output that carries one PIL picture in ``image``: its size, which
+    the request log notes when the writer is done (``timings.wrote``)."""
+
+    image: Any
+
+    @property
+    def width(self) -> int:
+        return int(self.image.width)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.height)
+
+
 def unaccepted_call_options(pipe: Any, options: dict[str, Any]) -> list[str]:
     """Call options that no call of this pipeline (or its img2img/inpaint variants) takes.
 

@@ -24,6 +24,7 @@ from diffusers_backend.settings import Settings
 from diffusers_backend.tasks.calls import (
     DEFAULT_IMG2IMG_STRENGTH,
     IsCancelled,
+    PictureOutput,
     accepted_kwargs,
     cancel_callback,
     check_size,
@@ -69,7 +70,7 @@ class CallFacts:
 
 
 @dataclass(frozen=True)
-class ImageOutput:
+class ImageOutput(PictureOutput):
     """One picture a call made, with the facts of the call that made it."""
 
     image: Any
@@ -78,14 +79,6 @@ class ImageOutput:
     @property
     def steps(self) -> int:
         return self.facts.steps
-
-    @property
-    def width(self) -> int:
-        return int(self.image.width)
-
-    @property
-    def height(self) -> int:
-        return int(self.image.height)
 
 
 @dataclass(eq=False)

@@ -19,6 +19,7 @@ from diffusers_backend.registry.signatures import call_signature
 from diffusers_backend.settings import Settings
 from diffusers_backend.tasks.calls import (
     IsCancelled,
+    PictureOutput,
     accepted_kwargs,
     cancel_callback,
     make_generator,
@@ -32,20 +33,12 @@ def is_upscaler(pipe: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class UpscaleOutput:
+class UpscaleOutput(PictureOutput):
     """The upscaled picture, and the steps and guidance the upscaler ran with (empty for
     Lanczos), for the reply."""
 
     image: Any
     ran: str = ""
-
-    @property
-    def width(self) -> int:
-        return int(self.image.width)
-
-    @property
-    def height(self) -> int:
-        return int(self.image.height)
 
 
 @dataclass(eq=False)
