@@ -44,6 +44,11 @@ class Option:
     also: tuple[str, ...] = ()  # other spellings of the same option
     check: Check | None = None
     from_pretrained: bool = False  # passed unchanged to from_pretrained / from_single_file
+    # A value that names something on disk: "weights" (a model, adapter or annotator folder
+    # or file: confined, regular, SAFETENSORS applies) or "config" (a config file or folder:
+    # confined, regular). weight_guard.check_model_names guards every such option from here,
+    # so a new path option is guarded by being declared, not by remembering a call.
+    path: str = ""
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -96,9 +101,10 @@ OPTIONS: tuple[Option, ...] = (
            from_pretrained=True),
     Option("subfolder", _L, "string", "folder inside the repository", from_pretrained=True),
     Option("config", _L, "path or Hub id", "diffusers config of a single-file checkpoint "
-           "(relative to the models path)", "single-file checkpoints", from_pretrained=True),
+           "(relative to the models path)", "single-file checkpoints", from_pretrained=True,
+           path="config"),
     Option("original_config", _L, "path or Hub id", "original (LDM) YAML of a single-file "
-           "checkpoint", "single-file checkpoints", from_pretrained=True),
+           "checkpoint", "single-file checkpoints", from_pretrained=True, path="config"),
     Option("trust_remote_code", _L, "bool", "run code from the model repository; only with "
            "`DIFFUSERS_ALLOW_REMOTE_CODE=1`"),
     Option("custom_pipeline", _L, "string", "a community pipeline; only with "
@@ -106,7 +112,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("safety_checker", _L, "bool", "keep the NSFW checker a repository ships (off by "
            "default, as in LocalAI's backend)", "SD 1.x/2.x"),
     Option("gguf_base", _L, "path or Hub id", "the diffusers pipeline a `.gguf` transformer "
-           "is loaded into", "GGUF transformers"),
+           "is loaded into", "GGUF transformers", path="weights"),
     Option("device_map", _L, "string", _NO_EFFECT + " (`tensor_parallel_size` spreads a "
            "pipeline over GPUs)"),
     Option("xformers", _L, "bool", _NO_EFFECT + " (see `attention_backend`)"),
@@ -128,7 +134,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("control_preprocess", _L, "`canny` or `depth`", "turn an ordinary photo into the "
            "control map", "ControlNet"),
     Option("control_annotator", _L, "folder", "local depth-estimation model for "
-           "`control_preprocess:depth`", "ControlNet"),
+           "`control_preprocess:depth`", "ControlNet", path="weights"),
     Option("canny_low", _L, "number", "Canny low threshold (default 100)", "ControlNet"),
     Option("canny_high", _L, "number", "Canny high threshold (default 200)", "ControlNet"),
     # -- speed (loading/acceleration/compile.py)
@@ -173,6 +179,8 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 BY_KEY: dict[str, Option] = {key: opt for opt in OPTIONS for key in opt.keys}
+PATH_ROLES = ("weights", "config")
+PATH_OPTIONS: tuple[Option, ...] = tuple(opt for opt in OPTIONS if opt.path)
 LOAD_TIME_OPTION_KEYS = frozenset(k for k, opt in BY_KEY.items() if opt.phase is Phase.LOAD)
 FROM_PRETRAINED_KEYS = tuple(opt.key for opt in OPTIONS if opt.from_pretrained)
 

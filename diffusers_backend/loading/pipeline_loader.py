@@ -249,7 +249,7 @@ def _denoiser_dtype_name(pipe: Any, asked: str) -> str:
 
 def _find(spec: LoadSpec, settings: Settings) -> tuple[LoadSpec, ModelRef, type]:
     """What to load and as which class: a URL fetched once, the reference, the class."""
-    check_model_names(spec)
+    check_model_names(spec, settings.safetensors_only)
     spec = download.fetch_url_model(spec, settings.safetensors_only)  # a URL: fetch it once
     ref = resolve_model_ref(spec.model, spec.model_file, spec.model_path,
                             safetensors_only=settings.safetensors_only)

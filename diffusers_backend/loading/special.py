@@ -131,8 +131,9 @@ def _flux_on_base(pipeline_cls: type[Any], transformer: Any, dtype: Any, weights
 
     if weights:
         _quantize(transformer, weights)
+    strict = {"use_safetensors": True} if settings.safetensors_only else {}
     text_encoder_2 = T5EncoderModel.from_pretrained(
-        settings.bfl_repo, subfolder="text_encoder_2", torch_dtype=dtype
+        settings.bfl_repo, subfolder="text_encoder_2", torch_dtype=dtype, **strict
     )
     if weights:
         _quantize(text_encoder_2, weights)

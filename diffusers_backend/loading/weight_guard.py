@@ -20,6 +20,7 @@ from diffusers_backend.errors import LoadError
 from diffusers_backend.loading import path_guard
 from diffusers_backend.loading.download import is_url
 from diffusers_backend.loading.model_ref import ModelRef, RefKind
+from diffusers_backend.loading.options_table import PATH_OPTIONS
 from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.registry.model_files import PICKLE_SUFFIXES
 
@@ -116,10 +117,11 @@ def refuse_pickle_kwargs(kwargs: dict[str, Any], safetensors_only: bool) -> None
                         "which SAFETENSORS=1 refuses; remove the option, or set SAFETENSORS=0")
 
 
-def check_model_names(spec: LoadSpec) -> None:
+def check_model_names(spec: LoadSpec, safetensors_only: bool = True) -> None:
     """Before looking at the disk: the models folder, ModelFile and a Model that is a path
     must be inside the allowed folders (so nothing outside can be probed), and a ModelFile
-    that exists must be a file or folder, not a FIFO that would block the load."""
+    that exists must be a file or folder, not a FIFO that would block the load. Every
+    option the option table marks as a path is checked here, by its role."""
     for name, value in (("ModelPath", spec.model_path), ("ModelFile", spec.model_file),
                         ("Model", spec.model)):
         value = value.strip()
@@ -133,10 +135,15 @@ def check_model_names(spec: LoadSpec) -> None:
     found = path_guard.lookup(model_file) if model_file else None
     if found is not None and not stat.S_ISDIR(found.st_mode):
         path_guard.check_file(model_file, "ModelFile", "model file")
-    for key in ("config", "original_config"):  # options that name a file or folder
-        named = spec.load_options.get(key)
-        if isinstance(named, str) and named.strip():
-            _check_side_file(named.strip(), spec.model_path, key)
+    for option in PATH_OPTIONS:  # every option whose value names a file or folder
+        for key in option.keys:
+            named = spec.options.get(key)
+            if not isinstance(named, str) or not named.strip():
+                continue
+            if option.path == "weights":
+                local_weights(named.strip(), spec.model_path, key, safetensors_only)
+            else:
+                _check_side_file(named.strip(), spec.model_path, key)
     # LoRAs, ControlNet, CLIP: confined and regular now, before the model's weights load
     # (SAFETENSORS is checked where each is loaded, once the model is known to load)
     sides = [(name, "LoRA") for name in (spec.lora_adapter, *spec.lora_adapters)]
