@@ -255,9 +255,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "(`1` turns batching off)"),
     EnvVar("DIFFUSERS_STEP_BATCHING", "step_batching", parse_bool_or_auto, "text-to-image "
            "requests join and leave a running denoising loop between steps (SD 1.x/2.x, SDXL, "
-           "SD3; docs/engine.md); `auto` and `1`: on wherever such a loop serves the model (GPU "
-           "and CPU: measured, it cuts p50 and p99 latency at equal throughput), `0`: "
-           "request-level batches only",
+           "SD3; docs/engine.md); `auto` (the same as `1`): on wherever such a loop serves the "
+           "model (measured on a CPU, it cuts p50 and p99 latency at equal throughput; no GPU "
+           "row has been run yet), `0`: request-level batches only",
            default="auto"),
     EnvVar("DIFFUSERS_BATCH_WINDOW_MS", "batch_window_ms", parse_window_ms, "how long a "
            "request about to run waits for requests that are still being validated, so "
@@ -318,11 +318,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "largest inpainting JSON file read (the host sends image and mask as files too)"),
     # Read where they are used (no Settings field), documented here with the rest.
     EnvVar("DIFFUSERS_LOADER_CACHE_DIR", "", None, "where the pipeline registry cache lives",
-           default="`~/.cache/localai-diffusers`"),
+           default="`$XDG_CACHE_HOME/localai-diffusers`, else `~/.cache/localai-diffusers`"),
     EnvVar("DIFFUSERS_COMPILE_CACHE_DIR", "", None, "where `compile` / `compile_regional` "
            "keep compiled kernels, so the next start of the same model skips most of the "
            "compile (an explicit `TORCHINDUCTOR_CACHE_DIR` wins; docs/acceleration.md)",
-           default="`~/.cache/localai-diffusers/torch-compile`"),
+           default="`torch-compile` in the folder above"),
     EnvVar("HF_HUB_OFFLINE", "", None, "standard Hugging Face variable: never contact the Hub",
            default="unset"),
 )

@@ -11,7 +11,7 @@ so calls on it must not overlap; and torch's CPU thread pools are per calling th
 Two kinds of batches:
 * request-level: text-to-image requests that differ only in prompt, negative prompt and seed
   share one pipeline call, each image still made from its own seed;
-* step-level (``DIFFUSERS_STEP_BATCHING``; by default on for GPU-placed models,
+* step-level (``DIFFUSERS_STEP_BATCHING``; on by default, ``auto`` meaning ``1``;
   docs/engine.md): for the families whose denoising loop the engine owns
   (``tasks/denoise``), requests join a running loop between steps and leave it when their
   own steps are done, so a 4-step request does not wait for a 25-step one.
