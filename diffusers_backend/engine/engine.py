@@ -40,12 +40,12 @@ from diffusers_backend.errors import (
     is_out_of_memory,
 )
 from diffusers_backend.settings import Settings
+from diffusers_backend.tasks.calls import IsCancelled
 
 if TYPE_CHECKING:
     from diffusers_backend.loading.pipeline_loader import LoadedPipeline
 
 log = logging.getLogger(__name__)
-IsCancelled = Callable[[], bool]
 
 
 class Plan(Protocol):

@@ -27,6 +27,7 @@ from diffusers_backend.errors import (
 from diffusers_backend.loading.options_table import ignored_option_warning
 from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.settings import Settings
+from diffusers_backend.tasks.calls import IsCancelled
 from diffusers_backend.tasks.jobs import ImageJob, UpscaleJob, VideoJob
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 IMPORT_TIMEOUT_S = 600.0
-IsCancelled = Callable[[], bool]
 
 
 class State(IntEnum):

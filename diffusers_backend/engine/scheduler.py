@@ -108,11 +108,11 @@ class Scheduler:
     # -- step-level batches -------------------------------------------------------------------
     def step_key(self, plan: Any) -> tuple[Any, ...] | None:
         """The key of the running denoising loop this plan may join (None: it may not)."""
-        if self.settings.max_batch <= 1 or not self._step_batching_for(plan):
+        if self.settings.max_batch <= 1 or not self._step_batching_on():
             return None
         return self._step_key_of(plan)
 
-    def _step_batching_for(self, plan: Any) -> bool:
+    def _step_batching_on(self) -> bool:
         """DIFFUSERS_STEP_BATCHING: off only when set to 0 (``auto`` and ``1`` are on; see
         docs/engine.md for the measurements behind the default)."""
         return self.settings.step_batching is not False

@@ -34,10 +34,6 @@ class ModelRef:
     kind: RefKind
     location: str
 
-    @property
-    def is_local(self) -> bool:
-        return self.kind is not RefKind.HUB
-
 
 def _local_candidates(model: str, model_file: str, model_path: str) -> list[Path]:
     candidates: list[Path] = []

@@ -38,10 +38,6 @@ def set_allowed_roots(roots: Iterable[str]) -> None:
     _allowed_roots = tuple(os.path.realpath(os.path.expanduser(r)) for r in roots if r)
 
 
-def allowed_roots() -> tuple[str, ...]:
-    return _allowed_roots
-
-
 def shown(path: str) -> str:
     """``path`` as messages and logs echo it: a huge value is cut, with its length noted."""
     if len(path) <= _SHOWN_CHARS:

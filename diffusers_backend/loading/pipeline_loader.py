@@ -36,7 +36,6 @@ from diffusers_backend.settings import Settings
 log = logging.getLogger(__name__)
 
 REMOTE_CODE_KEYS = ("trust_remote_code", "custom_pipeline")
-_PASS_THROUGH_LOAD_KEYS = FROM_PRETRAINED_KEYS
 
 
 @dataclass
@@ -159,7 +158,7 @@ def build_load_kwargs(spec: LoadSpec, ref: ModelRef, settings: Settings, dtype: 
     """Keyword arguments for from_pretrained/from_single_file, with safety checks applied."""
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
     load_options = spec.load_options
-    for key in _PASS_THROUGH_LOAD_KEYS:
+    for key in FROM_PRETRAINED_KEYS:
         if key in load_options:
             kwargs[key] = load_options[key]
     for key in ("config", "original_config"):

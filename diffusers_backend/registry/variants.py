@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-TASKS = {"img2img": "image-to-image", "inpaint": "inpainting", "txt2img": "text-to-image"}
-
 
 def variant_classes(cls: type) -> list[type]:
     """The img2img and inpainting classes diffusers would switch ``cls`` to (may be none)."""

@@ -24,7 +24,7 @@ DEFAULT_STEPS = 25
 DEFAULT_CFG = 7.0
 DEFAULT_IMG2IMG_STRENGTH = 0.75
 MAX_SEED = 2**31 - 1
-IsCancelled = Callable[[], bool]
+IsCancelled = Callable[[], bool]  # the cancel probe every layer above passes down
 
 
 class PictureOutput:

@@ -142,16 +142,6 @@ def has_step_cache(pipe: Any) -> bool:
     return unet_cache.schedule_of(getattr(pipe, "unet", None)) is not None
 
 
-def remove_cache(pipe: Any) -> None:
-    """Switch the cache off again (benchmarks compare on and off on the same weights)."""
-    transformer = getattr(pipe, "transformer", None)
-    if transformer is not None and getattr(transformer, "is_cache_enabled", False):
-        transformer.disable_cache()
-    unet = getattr(pipe, "unet", None)
-    if unet is not None and unet_cache.schedule_of(unet) is not None:
-        unet_cache.remove(unet)
-
-
 def reset_cache_state(pipe: Any) -> None:
     """Forget cached features (after the warm-up call), so the next request starts afresh."""
     for name in ("transformer", "unet"):

@@ -114,10 +114,3 @@ def schedule_of(unet: Any) -> ReuseSchedule | None:
     """The schedule :func:`apply` installed on ``unet``, if any."""
     return getattr(unet, "_backend_reuse_schedule", None)
 
-
-def remove(unet: Any) -> None:
-    """Take the hooks of :func:`apply` off again (benchmarks compare on and off)."""
-    from diffusers.hooks import HookRegistry
-
-    HookRegistry.check_if_exists_or_initialize(unet).remove_hook(HOOK_NAME, recurse=True)
-    unet.__dict__.pop("_backend_reuse_schedule", None)
