@@ -26,14 +26,14 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from diffusers_backend.engine import timings
 from diffusers_backend.engine.profiling import profiled
 from diffusers_backend.engine.scheduler import Scheduler
+from diffusers_backend.engine.stepping import StepLoop
+from diffusers_backend.engine.tickets import Arrival, Plan, Ticket, replanned, waited_its_turn
 from diffusers_backend.errors import (
-    BackendError,
     Cancelled,
     FailedPrecondition,
     InvalidArgument,
@@ -46,25 +46,6 @@ if TYPE_CHECKING:
     from diffusers_backend.loading.pipeline_loader import LoadedPipeline
 
 log = logging.getLogger(__name__)
-
-
-class Plan(Protocol):
-    """A validated request, ready for the pipeline thread (image, video or upscale)."""
-
-    @property
-    def loaded(self) -> LoadedPipeline | None: ...
-
-    @property
-    def pixels(self) -> int: ...
-
-    def batch_key(self) -> tuple[Any, ...] | None: ...
-
-    def replan(self, loaded: LoadedPipeline) -> Plan: ...
-
-    def write(self, output: Any) -> str: ...
-
-    @staticmethod
-    def run(batch: list[Any], variants: Any, is_cancelled: IsCancelled) -> list[Any]: ...
 
 
 class Variants:
@@ -89,61 +70,6 @@ class Variants:
         return self._made[task]
 
 
-@dataclass(eq=False)
-class Ticket:
-    """One plan waiting for the pipeline thread, and its answer.
-
-    ``replan`` plans the same request against another model (the runtime passes the
-    dispatch it used at validation, so an image request can become a video plan); by
-    default the plan's own ``replan``.
-    """
-
-    plan: Plan
-    is_cancelled: IsCancelled
-    record: timings.RequestTimings | None = None
-    replan: Callable[[Any], Any] | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    result: str = ""
-    error: BaseException | None = None
-
-    def finish(self, result: str = "", error: BaseException | None = None) -> None:
-        self.result, self.error = result, error
-        self.done.set()
-
-    def wait(self) -> str:
-        self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-class Arrival:
-    """A request being validated: counted so the pipeline thread knows companions are on
-    their way (see :meth:`Engine.arriving`)."""
-
-    def __init__(self) -> None:
-        self.queued = False
-
-
-def _model_name(loaded: Any) -> str:
-    return str(getattr(loaded, "identity", "") or getattr(getattr(loaded, "spec", None),
-                                                          "model", "") or "another model")
-
-
-def replanned(ticket: Ticket, loaded: Any) -> Any:
-    """The ticket's plan for ``loaded``: as validated, or planned again when another model was
-    loaded while it waited; a refusal then names the model change, keeping its status."""
-    plan = ticket.plan
-    if plan.loaded is loaded:
-        return plan
-    replan = ticket.replan or plan.replan
-    try:
-        return replan(loaded)
-    except BackendError as exc:
-        raise type(exc)(f"the model changed to {_model_name(loaded)} while this request "
-                        f"waited, and it cannot serve it: {exc}") from None
-
-
 class Engine:
     """Holds the loaded model and runs plans on it, as its :class:`Scheduler` decides."""
 
@@ -159,6 +85,7 @@ class Engine:
         self._cv = threading.Condition()
         self._used_since_release = False
         self.swap_waiting = False  # a model swap waits for the pipeline lock
+        self._held: list[tuple[Ticket, Any, Any]] | None = None  # a profiled loop's outputs
         self._writers = ThreadPoolExecutor(max_workers=settings.output_writers,
                                            thread_name_prefix="writer")
         self._thread = threading.Thread(target=self._loop, name="pipeline", daemon=True)
@@ -264,8 +191,7 @@ class Engine:
                 first.finish(error=FailedPrecondition("no model is loaded: call LoadModel first"))
                 return
             if first.is_cancelled():
-                first.finish(error=Cancelled("request cancelled by the client while it "
-                                             "waited its turn"))
+                first.finish(error=waited_its_turn())
                 return
             try:
                 plan = replanned(first, loaded)
@@ -274,20 +200,7 @@ class Engine:
                 return
             step_key = self.scheduler.step_key(plan)
             if step_key is not None:
-                from diffusers_backend.engine.stepping import StepLoop
-
-                loop = StepLoop(self, loaded, variants, step_key)
-                if not self._settings.profile_dir:
-                    loop.run(first, plan)
-                    return
-                # Profiled: outputs are written once the trace is, as for a pipeline call.
-                held: list[tuple[Ticket, Any, Any]] = []
-                loop.hand_off = lambda *output: held.append(output)
-                with profiled(self._settings.profile_dir,
-                              f"{type(plan).__name__} x1+ (step-level loop)"):
-                    loop.run(first, plan)
-                for output in held:
-                    self.hand_to_writer(*output)
+                self._run_loop(StepLoop(self, loaded, variants, step_key), first, plan)
                 return
             batch = [(first, plan)]
             key = plan.batch_key()
@@ -301,6 +214,48 @@ class Engine:
                 log.info("batching %d text-to-image requests in one pipeline call", len(batch))
             self._execute(batch, variants)
 
+    def _run_loop(self, loop: StepLoop, first: Ticket, plan: Any) -> None:
+        """Run a step-level loop; profiled, its outputs are written once the trace is, as
+        for a pipeline call."""
+        if not self._settings.profile_dir:
+            loop.run(first, plan)
+            return
+        self._held = []
+        try:
+            with profiled(self._settings.profile_dir,
+                          f"{type(plan).__name__} x1+ (step-level loop)"):
+                loop.run(first, plan)
+        finally:
+            held, self._held = self._held, None
+        for ticket, done_plan, output in held:
+            self.hand_to_writer(ticket, done_plan, output)
+
+    # -- what a step-level loop asks of its host (stepping.LoopHost) ------------------------
+    @property
+    def queue_lock(self) -> threading.Condition:
+        return self._cv
+
+    def out_of_memory(self) -> None:
+        """Give cached device memory back after running out of it, before going on."""
+        log.warning("out of memory; freeing cached memory before the next request")
+        self._release_memory()
+
+    def release_memory(self) -> None:
+        """Give cached device memory back now (after an abandoned call)."""
+        self._release_memory()
+
+    def call_done(self, seconds: float) -> None:
+        """End-of-call bookkeeping, the same for a pipeline call and a looped request."""
+        self.scheduler.call_ran(seconds)
+        self._used_since_release = True
+
+    def finished(self, ticket: Ticket, plan: Any, output: Any) -> None:
+        """A looped request's picture is made: to a writer (held while profiling)."""
+        if self._held is not None:
+            self._held.append((ticket, plan, output))
+        else:
+            self.hand_to_writer(ticket, plan, output)
+
     def _execute(self, batch: list[tuple[Ticket, Any]], variants: Any) -> None:
         tickets = [t for t, _ in batch]
         plans = [p for _, p in batch]
@@ -313,8 +268,7 @@ class Engine:
                                              lambda: all(t.is_cancelled() for t in tickets))
         except Exception as exc:  # noqa: BLE001 - handed to the requests' threads
             if is_out_of_memory(exc):
-                log.warning("out of memory; freeing cached memory before the next request")
-                self._release_memory()
+                self.out_of_memory()
                 if self.scheduler.out_of_memory(len(plans), plans[0].pixels) > 0:
                     log.warning("a batch of %d ran out of memory; running them one by one",
                                 len(batch))
@@ -324,8 +278,7 @@ class Engine:
             for ticket in tickets:
                 ticket.finish(error=exc)
             return
-        self.scheduler.call_ran(timings.now() - started)
-        self._used_since_release = True
+        self.call_done(timings.now() - started)
         timings.pipeline_ran([(t.record, getattr(p, "seed", None),
                                int(getattr(output, "steps", 0) or getattr(p, "steps", 0)))
                               for (t, p), output in zip(batch, outputs, strict=True)],

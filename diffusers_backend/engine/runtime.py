@@ -16,7 +16,8 @@ from dataclasses import replace
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from diffusers_backend.engine.engine import Engine, Plan
+from diffusers_backend.engine.engine import Engine
+from diffusers_backend.engine.tickets import Plan
 from diffusers_backend.errors import (
     FailedPrecondition,
     LoadError,

@@ -7,8 +7,9 @@ once, so it is unit-tested on its own (tests/unit/test_scheduler.py). The execut
 (:class:`~diffusers_backend.engine.engine.Engine`) holds the lock around it, waits as long as
 it says and runs what it returns. As in vLLM, the scheduler decides and the executor executes.
 
-A queued ticket is anything with ``plan`` (``batch_key()``, ``pixels``, optionally a step key
-through :func:`step_key_of`) and ``is_cancelled()``.
+A queued item is a :class:`~diffusers_backend.engine.tickets.Ticket`: its ``plan``
+(``batch_key()``, ``pixels``, optionally a step key through ``step_key_of``) and
+``is_cancelled()`` are all the scheduler reads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from diffusers_backend.engine.batch_sizer import BatchSizer
+from diffusers_backend.engine.tickets import Plan, Ticket
 from diffusers_backend.settings import Settings
 
 AUTO_WINDOW_FRACTION = 0.1  # of the last pipeline call's time, while companions arrive...
@@ -29,23 +31,23 @@ class Scheduler:
     """Queue and batching decisions; see the module docstring."""
 
     def __init__(self, settings: Settings,
-                 step_key_of: Callable[[Any], tuple[Any, ...] | None] = lambda plan: None) -> None:
+                 step_key_of: Callable[[Plan], tuple[Any, ...] | None] = lambda plan: None) -> None:
         self.settings = settings
-        self.queue: deque[Any] = deque()
+        self.queue: deque[Ticket] = deque()
         self.arriving = 0  # requests being validated, whose tickets are on their way
         self.last_call_s = 0.0  # the last pipeline call (or denoising step run) took this
         self.sizer = BatchSizer(settings.max_batch)
         self._step_key_of = step_key_of
 
     # -- the queue ------------------------------------------------------------------------
-    def push(self, ticket: Any) -> None:
+    def push(self, ticket: Ticket) -> None:
         self.queue.append(ticket)
 
-    def pop(self) -> Any | None:
+    def pop(self) -> Ticket | None:
         """The oldest ticket (first come, first served), or None."""
         return self.queue.popleft() if self.queue else None
 
-    def requeue_first(self, tickets: list[Any]) -> None:
+    def requeue_first(self, tickets: list[Ticket]) -> None:
         """Put tickets back at the head of the queue, in their order (evicted after OOM)."""
         for ticket in reversed(tickets):
             self.queue.appendleft(ticket)
@@ -71,7 +73,7 @@ class Scheduler:
         busy = min(high, max(low, AUTO_WINDOW_FRACTION * self.last_call_s))
         return min(busy, IDLE_WINDOW_FRACTION * self.last_call_s), busy
 
-    def gather_wait(self, first: Any, waited_s: float) -> float:
+    def gather_wait(self, first: Ticket, waited_s: float) -> float:
         """Seconds ``first`` should still wait for companions before its batch forms (0: go)."""
         if self.settings.max_batch <= 1 or first.plan.batch_key() is None:
             return 0.0
@@ -88,11 +90,11 @@ class Scheduler:
         """Images one call (or one denoising step) may carry: the memory-aware limit."""
         return max(1, min(self.sizer.limit(pixels), self.settings.max_batch))
 
-    def companions(self, key: tuple[Any, ...], pixels: int) -> list[Any]:
+    def companions(self, key: tuple[Any, ...], pixels: int) -> list[Ticket]:
         """Take queued tickets with batch key ``key`` to share the first's call, within the
         batch limits (count, memory, total pixels); cancelled ones stay for the executor."""
         limit = self.batch_limit(pixels)
-        taken: list[Any] = []
+        taken: list[Ticket] = []
         for ticket in list(self.queue):
             if len(taken) + 1 >= limit:
                 break
@@ -106,7 +108,7 @@ class Scheduler:
         return taken
 
     # -- step-level batches -------------------------------------------------------------------
-    def step_key(self, plan: Any) -> tuple[Any, ...] | None:
+    def step_key(self, plan: Plan) -> tuple[Any, ...] | None:
         """The key of the running denoising loop this plan may join (None: it may not)."""
         if self.settings.max_batch <= 1 or not self._step_batching_on():
             return None
@@ -117,7 +119,7 @@ class Scheduler:
         docs/engine.md for the measurements behind the default)."""
         return self.settings.step_batching is not False
 
-    def joiners(self, key: tuple[Any, ...], active: int, pixels: int) -> list[Any]:
+    def joiners(self, key: tuple[Any, ...], active: int, pixels: int) -> list[Ticket]:
         """Take tickets from the head of the queue that may join the running loop ``key``.
 
         First come, first served: joining stops at the first ticket that cannot join, so a
@@ -126,7 +128,7 @@ class Scheduler:
         tickets at the head are taken too (not counted), for the executor to answer.
         """
         room = self.batch_limit(pixels) - active
-        taken: list[Any] = []
+        taken: list[Ticket] = []
         while self.queue and len(taken) < room:
             ticket = self.queue[0]
             if ticket.is_cancelled():  # handed over so the executor answers it at once

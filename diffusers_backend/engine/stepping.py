@@ -12,19 +12,39 @@ before, so their pictures do not change.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from diffusers_backend.engine import timings
+from diffusers_backend.engine.scheduler import Scheduler
+from diffusers_backend.engine.tickets import Ticket, waited_its_turn
 from diffusers_backend.errors import Cancelled, is_out_of_memory
 from diffusers_backend.tasks import denoise
 from diffusers_backend.tasks.denoise.slot import Slot
 
 if TYPE_CHECKING:
-    from diffusers_backend.engine.engine import Engine, Ticket
     from diffusers_backend.tasks.image import ImagePlan
 
 log = logging.getLogger(__name__)
+
+
+class LoopHost(Protocol):
+    """What a loop needs from the executor that runs it (the engine)."""
+
+    scheduler: Scheduler
+    swap_waiting: bool  # a model swap waits: admit no one, so the loop drains
+
+    @property
+    def queue_lock(self) -> threading.Condition: ...
+
+    def out_of_memory(self) -> None: ...
+
+    def release_memory(self) -> None: ...
+
+    def call_done(self, seconds: float) -> None: ...
+
+    def finished(self, ticket: Ticket, plan: Any, output: Any) -> None: ...
 
 
 @dataclass(eq=False)
@@ -42,15 +62,15 @@ class Member:
 class StepLoop:
     """One running denoising loop (one model, one latent size)."""
 
-    def __init__(self, engine: Engine, loaded: Any, variants: Any, key: tuple[Any, ...]) -> None:
-        self.engine, self.loaded, self.variants, self.key = engine, loaded, variants, key
-        self.scheduler = engine.scheduler
+    def __init__(self, host: LoopHost, loaded: Any, variants: Any,
+                 key: tuple[Any, ...]) -> None:
+        self.host, self.loaded, self.variants, self.key = host, loaded, variants, key
+        self.scheduler = host.scheduler
         self.pipe = loaded.pipe
         self.active: list[Member] = []
         self.pixels = 0
         self.cap: int | None = None  # lowered after running out of memory
         self.served = 0  # requests whose pictures this loop made
-        self.hand_off = engine.hand_to_writer  # (ticket, plan, picture) -> a writer thread
 
     def run(self, first: Ticket, plan: ImagePlan) -> None:
         """Run until no request is left; an unexpected error fails every active request."""
@@ -79,7 +99,7 @@ class StepLoop:
             slot = denoise.admit(plan, self.variants)
         except Exception as exc:  # noqa: BLE001 - this request's own error
             if is_out_of_memory(exc):  # its latents did not fit: free what the try left
-                self._free_after_out_of_memory()
+                self.host.out_of_memory()
             ticket.finish(error=exc)
             return
         self.active.append(Member(ticket, plan, slot, timings.now()))
@@ -87,9 +107,9 @@ class StepLoop:
                   getattr(plan, "seed", "-"), getattr(plan, "steps", "-"), len(self.active))
 
     def _admit_joiners(self) -> None:
-        if self.engine.swap_waiting:  # let the loop drain so the model can change
+        if self.host.swap_waiting:  # let the loop drain so the model can change
             return
-        with self.engine._cv:
+        with self.host.queue_lock:
             room = None if self.cap is None else self.cap - len(self.active)
             if room is not None and room <= 0:
                 return
@@ -100,10 +120,10 @@ class StepLoop:
         for ticket in joiners:
             timings.dequeued(ticket.record)
             if ticket.is_cancelled():
-                ticket.finish(error=Cancelled("request cancelled by the client while it "
-                                              "waited its turn"))
+                ticket.finish(error=waited_its_turn())
                 continue
-            self._admit(ticket, ticket.plan)
+            # a joiner shares the loop's step key, which only image plans have
+            self._admit(ticket, cast("ImagePlan", ticket.plan))
 
     # -- steps ------------------------------------------------------------------------------
     def _drop_cancelled(self) -> None:
@@ -127,17 +147,13 @@ class StepLoop:
             if len(slots) > 1:
                 member.shared_steps += 1
 
-    def _free_after_out_of_memory(self) -> None:
-        log.warning("out of memory; freeing cached memory before the next request")
-        self.engine._release_memory()
-
     def _step_failed(self, exc: Exception) -> None:
         if not is_out_of_memory(exc):
             for member in self.active:
                 member.ticket.finish(error=exc)
             self.active = []
             return
-        self._free_after_out_of_memory()
+        self.host.out_of_memory()
         keep = self.scheduler.out_of_memory(len(self.active), self.pixels)
         if keep == 0:
             for member in self.active:
@@ -148,7 +164,7 @@ class StepLoop:
         evicted, self.active = self.active[keep:], self.active[:keep]
         log.warning("a denoising step of %d requests ran out of memory; going on with %d, "
                     "the others start again", keep + len(evicted), keep)
-        with self.engine._cv:
+        with self.host.queue_lock:
             self.scheduler.requeue_first([m.ticket for m in evicted])
         for member in evicted:
             timings.queued(member.ticket.record)
@@ -162,12 +178,11 @@ class StepLoop:
                 member.ticket.finish(error=exc)
                 continue
             seconds = timings.now() - member.admitted_at
-            self.scheduler.call_ran(seconds)
-            self.engine._used_since_release = True
+            self.host.call_done(seconds)
             timings.stepped_request_ran(
                 member.ticket.record, seed=member.plan.seed,
                 steps=getattr(picture, "steps", None) or member.plan.steps,
                 pipeline=type(self.pipe).__name__, seconds=seconds,
                 batch=member.largest_batch, shared_steps=member.shared_steps)
             self.served += 1
-            self.hand_off(member.ticket, member.plan, picture)
+            self.host.finished(member.ticket, member.plan, picture)
