@@ -21,6 +21,7 @@ from diffusers_backend.loading.pipeline_loader import LoadedPipeline
 from diffusers_backend.media.control import preprocess_control
 from diffusers_backend.registry.signatures import call_signature
 from diffusers_backend.settings import Settings
+from diffusers_backend.tasks import references
 from diffusers_backend.tasks.calls import (
     DEFAULT_IMG2IMG_STRENGTH,
     IsCancelled,
@@ -53,6 +54,7 @@ class _Inputs:
     image: Any = None
     mask: Any = None
     control: Any = None  # ControlNet img2img: the control picture beside the source
+    note: str = ""  # what the reply says about the references (those left out)
 
     @property
     def inpaint(self) -> bool:
@@ -159,6 +161,8 @@ class ImagePlan:
             clip_skip_enabled=self.settings.clip_skip_enabled))
         kwargs.update(num_inference_steps=self.steps, generator=make_generator(self.seed))
         kwargs.update(size_kwargs(width, height))
+        if width and height and sig.accepts("max_area"):  # Kontext: else it picks ~1024x1024
+            kwargs.setdefault("max_area", width * height)
         call = accepted_kwargs(kwargs, sig)
         steps, note = self.steps, self.note
         strength = call.get("strength")
@@ -207,7 +211,7 @@ def plan_image(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> Ima
         seed=pick_seed(job.seed),
         clip_skip=prompts.effective_clip_skip(job.clip_skip, loaded.spec.clip_skip),
         negative=job.negative_prompt,
-        note=note, inputs=inputs)
+        note="; ".join(x for x in (note, inputs.note) if x), inputs=inputs)
 
 
 def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _Inputs:
@@ -227,6 +231,8 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
     for index, ref in enumerate(job.ref_images):
         if ref:
             media.check_input_path(ref, field=f"ref_images[{index}]")
+    if references.takes_reference_list(type(loaded.pipe)):
+        return _reference_list(job, limit)
     first_ref = job.ref_images[0] if job.ref_images else ""
     sig = call_signature(type(loaded.pipe))
     two_pictures = sig.accepts("control_image") and job.src and first_ref
@@ -240,6 +246,8 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
         return _Inputs()
     image = media.open_image(source, field="src" if source == job.src else "ref_images[0]",
                              max_pixels=limit)
+    fields = [name for name, _ in references.reference_fields(job.ref_images)]
+    left_out = references.left_out_note(type(loaded.pipe).__name__, fields[1:])
     control = None
     if sig.accepts("control_image"):
         control = image
@@ -250,7 +258,18 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
     elif getattr(loaded.pipe, "controlnet", None) is not None:
         # ControlNet text-to-image: its ``image`` is the control image.
         image = preprocess_control(image, loaded.spec.options, loaded.spec.model_path)
-    return _Inputs(image=image, control=control)
+    return _Inputs(image=image, control=control, note=left_out)
+
+
+def _reference_list(job: ImageJob, limit: int) -> _Inputs:
+    """Every reference, in order, for a pipeline that combines them (else ``src`` alone, or
+    text-to-image when neither is sent)."""
+    fields = references.reference_fields(job.ref_images) or (
+        [("src", job.src)] if job.src else [])
+    if not fields:
+        return _Inputs()
+    images = [media.open_image(value, field=name, max_pixels=limit) for name, value in fields]
+    return _Inputs(image=images, note=f"{len(images)} reference image(s) combined")
 
 
 def _target(loaded: LoadedPipeline, variants: Any, inputs: _Inputs,

@@ -1,0 +1,162 @@
+"""Editing from reference images over gRPC (issue 28), with tiny random-weight pipelines:
+
+* FluxKontextPipeline takes one reference: it changes the picture, and a ``data:`` URI gives
+  exactly the picture the same file gives;
+* Flux2KleinPipeline takes a list: every reference reaches it, in order (the picture changes
+  with a second reference and with their order, while the same request repeats exactly);
+* FluxFillPipeline gets LocalAI's inpainting layout (``src`` a JSON file, ``ref_images =
+  [original, mask]``) as image and mask_image; a mask of another size is resized, a mask that
+  is not an image is INVALID_ARGUMENT naming it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import grpc
+import numpy as np
+import pytest
+from features_support import (
+    free,
+    inpaint_request,
+    load_ok,
+    mean_diff,
+    pixels,
+    rpc_error,
+    same,
+    write_image,
+)
+
+
+def data_uri(path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("refs")
+    return (write_image(folder / "a.png", seed=1), write_image(folder / "b.png", seed=2),
+            write_image(folder / "c.png", color="white"))
+
+
+@pytest.fixture(scope="module")
+def kontext(backend):
+    from tiny_edit_models import tiny_flux_kontext_path
+
+    load_ok(backend, tiny_flux_kontext_path())
+    yield backend
+    free(backend)
+
+
+def test_kontext_reference_changes_the_picture_and_data_uri_is_the_file(
+        kontext, pictures, tmp_path):
+    a, b, _ = pictures
+    plain = kontext.image(tmp_path / "plain.png", seed=5)
+    kontext.image(tmp_path / "a.png", ref_images=[str(a)], seed=5)
+    kontext.image(tmp_path / "b.png", ref_images=[str(b)], seed=5)
+    inline = kontext.image(tmp_path / "inline.png", ref_images=[data_uri(a)], seed=5)
+    assert "from the input image with FluxKontextPipeline" in inline.message
+    assert pixels(tmp_path / "a.png").shape == (64, 64, 3)  # the request's size, not 1024
+    assert not same(tmp_path / "plain.png", tmp_path / "a.png")
+    assert not same(tmp_path / "a.png", tmp_path / "b.png")
+    assert same(tmp_path / "a.png", tmp_path / "inline.png")  # exactly the same picture
+    assert "FluxKontextPipeline" not in plain.message
+
+
+def test_one_reference_pipeline_names_the_references_left_out(kontext, pictures, tmp_path):
+    a, b, c = pictures
+    reply = kontext.image(tmp_path / "x.png", ref_images=[str(a), str(b), str(c)], seed=5)
+    assert "ref_images[1], ref_images[2] left out" in reply.message
+    kontext.image(tmp_path / "first.png", ref_images=[str(a)], seed=5)
+    assert same(tmp_path / "x.png", tmp_path / "first.png")
+
+
+def test_bad_data_uri_is_invalid_argument(kontext, tmp_path):
+    for value in ("data:image/png;base64,@@@@", "data:image/png,rawbytes",
+                  "data:image/png;base64," + base64.b64encode(b"not an image").decode()):
+        error = rpc_error(lambda v=value: kontext.image(tmp_path / "x.png", ref_images=[v]))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert "ref_images[0]" in error.details()
+        assert not (tmp_path / "x.png").exists()
+
+
+@pytest.fixture(scope="module")
+def klein(backend):
+    from tiny_edit_models import tiny_flux2_klein_path
+
+    load_ok(backend, tiny_flux2_klein_path())
+    yield backend
+    free(backend)
+
+
+def test_list_taking_pipeline_receives_every_reference_in_order(klein, pictures, tmp_path):
+    a, b, _ = pictures
+    one = klein.image(tmp_path / "a.png", ref_images=[str(a)], seed=3)
+    both = klein.image(tmp_path / "ab.png", ref_images=[str(a), str(b)], seed=3)
+    klein.image(tmp_path / "ab2.png", ref_images=[str(a), data_uri(b)], seed=3)
+    klein.image(tmp_path / "ba.png", ref_images=[str(b), str(a)], seed=3)
+    assert "1 reference image(s) combined" in one.message
+    assert "2 reference image(s) combined" in both.message
+    assert "Flux2KleinPipeline" in both.message
+    assert same(tmp_path / "ab.png", tmp_path / "ab2.png")  # deterministic: differences count
+    assert mean_diff(tmp_path / "a.png", tmp_path / "ab.png") > 0  # the second one arrived
+    assert mean_diff(tmp_path / "ab.png", tmp_path / "ba.png") > 0  # in the order sent
+
+
+@pytest.fixture(scope="module")
+def fill(backend):
+    from tiny_edit_models import tiny_flux_fill_path
+
+    load_ok(backend, tiny_flux_fill_path())
+    yield backend
+    free(backend)
+
+
+def test_localai_inpainting_layout_reaches_fill_with_its_mask(fill, pictures, tmp_path):
+    a, _, _ = pictures
+    src, mask_path, masked = inpaint_request(tmp_path, a, box=(16, 16, 48, 48))
+    refs = [str(a), str(mask_path)]
+    one = fill.image(tmp_path / "one.png", src=str(src), ref_images=refs, seed=1)
+    fill.image(tmp_path / "two.png", src=str(src), ref_images=refs, seed=2)
+    inline = fill.image(tmp_path / "inline.png", src=data_uri_json(src), seed=1)
+    assert "inpainted with FluxFillPipeline" in one.message
+    assert "inpainted with FluxFillPipeline" in inline.message
+    first, second = pixels(tmp_path / "one.png"), pixels(tmp_path / "two.png")
+    assert np.array_equal(first[~masked], pixels(a)[~masked])
+    assert np.abs(first[masked] - second[masked]).mean() > 0  # the mask area is repainted
+    assert same(tmp_path / "one.png", tmp_path / "inline.png")
+
+
+def data_uri_json(path) -> str:
+    return "data:application/json;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_mask_of_another_size_is_resized(fill, pictures, tmp_path):
+    a, _, _ = pictures
+    big = tmp_path / "big.png"
+    from PIL import Image
+
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (32, 32, 96, 96))
+    mask.save(big)
+    src = tmp_path / "src.json"
+    src.write_text(json.dumps({"image": base64.b64encode(a.read_bytes()).decode(),
+                               "mask_image": base64.b64encode(big.read_bytes()).decode()}))
+    fill.image(tmp_path / "out.png", src=str(src), seed=1)
+    out, original = pixels(tmp_path / "out.png"), pixels(a)
+    assert np.array_equal(out[:8, :8], original[:8, :8])  # outside the (scaled) mask
+    assert np.abs(out[24:40, 24:40] - original[24:40, 24:40]).mean() > 0
+
+
+def test_mask_that_is_not_an_image_is_invalid_argument(fill, pictures, tmp_path):
+    a, _, _ = pictures
+    junk = tmp_path / "mask.txt"
+    junk.write_text("this is no mask")
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    error = rpc_error(lambda: fill.image(tmp_path / "x.png", src=str(empty),
+                                         ref_images=[str(a), str(junk)]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "ref_images[1]" in error.details()
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,99 @@
+"""Tiny editing pipelines (issue 28): FLUX.1 Fill (image + mask), FLUX.1 Kontext (one
+reference) and FLUX.2 [klein] (a list of references). Built like :mod:`tiny_models`.
+
+Qwen-Image-Edit-2509 (QwenImageEditPlusPipeline) is not built here: its Qwen2.5-VL processor
+needs torchvision, which has no CPU wheel beside this torch (docs/localai-parity.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tiny_models import (
+    VOCAB_SIZE,
+    cached_build,
+    chat_tokenizer,
+    flux_like_vae,
+    save_pipeline,
+    tiny_clip_text_encoder,
+    tiny_clip_tokenizer,
+    tiny_t5_encoder,
+)
+
+
+def _flux_parts(in_channels: int, out_channels: int) -> dict:
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=in_channels, out_channels=out_channels, num_layers=1,
+        num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8)).eval()
+    return dict(scheduler=FlowMatchEulerDiscreteScheduler(), vae=flux_like_vae(1),
+                text_encoder=tiny_clip_text_encoder(0), tokenizer=tiny_clip_tokenizer(),
+                text_encoder_2=tiny_t5_encoder(0), tokenizer_2=tiny_clip_tokenizer(),
+                transformer=transformer)
+
+
+def _build_flux_fill(path: Path) -> None:
+    from diffusers import FluxFillPipeline
+
+    # Packed 2x2 latents (4) + the masked picture's latents (4) + the 8x8 mask, packed (256).
+    pipe = FluxFillPipeline(**_flux_parts(in_channels=4 + 4 + 256, out_channels=4))
+    save_pipeline(pipe, path, "tokenizer", "tokenizer_2")
+
+
+def tiny_flux_fill_path() -> Path:
+    """Folder of a tiny FluxFillPipeline (inpainting: image + mask_image)."""
+    return cached_build("tiny-flux-fill", _build_flux_fill)
+
+
+def _build_flux_kontext(path: Path) -> None:
+    from diffusers import FluxKontextPipeline
+
+    pipe = FluxKontextPipeline(**_flux_parts(in_channels=4, out_channels=4))
+    save_pipeline(pipe, path, "tokenizer", "tokenizer_2")
+
+
+def tiny_flux_kontext_path() -> Path:
+    """Folder of a tiny FluxKontextPipeline (one reference image)."""
+    return cached_build("tiny-flux-kontext", _build_flux_kontext)
+
+
+def _build_flux2_klein(path: Path) -> None:
+    import torch
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=256,
+        axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False).eval()
+    torch.manual_seed(0)
+    # 28 layers: the pipeline stacks hidden states 9, 18 and 27 (3 x 16 = joint_attention_dim).
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=28, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=8, vocab_size=VOCAB_SIZE,
+        max_position_embeddings=512)).eval()
+    torch.manual_seed(0)
+    vae = AutoencoderKLFlux2(
+        sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(4, 4, 4, 4),
+        layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
+        use_post_quant_conv=False).eval()
+    pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                              text_encoder=text_encoder, tokenizer=chat_tokenizer(),
+                              transformer=transformer)
+    save_pipeline(pipe, path, "tokenizer", chat=True)
+
+
+def tiny_flux2_klein_path() -> Path:
+    """Folder of a tiny Flux2KleinPipeline (several reference images, Qwen3 encoder)."""
+    return cached_build("tiny-flux2-klein", _build_flux2_klein)
