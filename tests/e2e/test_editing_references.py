@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -27,6 +30,16 @@ from features_support import (
     same,
     write_image,
 )
+from harness import REPO_ROOT
+
+
+def edit_client(addr: str, *args: str) -> subprocess.CompletedProcess:
+    """``diffusers-client edit`` against the shared (token-less) server."""
+    env = {k: v for k, v in os.environ.items() if k != "LOCALAI_GRPC_AUTH_TOKEN"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return subprocess.run([sys.executable, "-m", "diffusers_backend.serving.client", "--addr",
+                           addr, "edit", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
 
 
 def data_uri(path) -> str:
@@ -102,6 +115,12 @@ def test_list_taking_pipeline_receives_every_reference_in_order(klein, pictures,
     assert same(tmp_path / "ab.png", tmp_path / "ab2.png")  # deterministic: differences count
     assert mean_diff(tmp_path / "a.png", tmp_path / "ab.png") > 0  # the second one arrived
     assert mean_diff(tmp_path / "ab.png", tmp_path / "ba.png") > 0  # in the order sent
+    done = edit_client(klein.addr, "a red cube", "--ref", str(a), "--ref", str(b), "--seed", "3",
+                       "--width", "64", "--height", "64", "--steps", "2",
+                       "-o", str(tmp_path / "client.png"))
+    assert done.returncode == 0, done.stderr
+    assert "2 reference image(s) combined" in done.stdout
+    assert same(tmp_path / "ab.png", tmp_path / "client.png")
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +145,12 @@ def test_localai_inpainting_layout_reaches_fill_with_its_mask(fill, pictures, tm
     assert np.array_equal(first[~masked], pixels(a)[~masked])
     assert np.abs(first[masked] - second[masked]).mean() > 0  # the mask area is repainted
     assert same(tmp_path / "one.png", tmp_path / "inline.png")
+    done = edit_client(fill.addr, "a red cube", "--ref", str(a), "--mask", str(mask_path),
+                       "--seed", "1", "--width", "64", "--height", "64", "--steps", "2",
+                       "-o", str(tmp_path / "client.png"))
+    assert done.returncode == 0, done.stderr
+    assert "inpainted with FluxFillPipeline" in done.stdout
+    assert same(tmp_path / "one.png", tmp_path / "client.png")
 
 
 def data_uri_json(path) -> str:
