@@ -97,3 +97,49 @@ def _build_flux2_klein(path: Path) -> None:
 def tiny_flux2_klein_path() -> Path:
     """Folder of a tiny Flux2KleinPipeline (several reference images, Qwen3 encoder)."""
     return cached_build("tiny-flux2-klein", _build_flux2_klein)
+
+
+def _build_sd_ip_adapter(path: Path) -> None:
+    """An IP-Adapter for the tiny SD UNet, in h94/IP-Adapter's layout: one safetensors file
+    (``image_proj.*`` and ``ip_adapter.<n>.to_k_ip/to_v_ip``, n = 1, 3, 5... over the
+    cross-attention layers) and an ``image_encoder`` folder beside it."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from tiny_models import tiny_sd_path
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_path(), subfolder="unet")
+    cross, channels = unet.config.cross_attention_dim, list(unet.config.block_out_channels)
+    tokens = 4
+    torch.manual_seed(0)
+    weights: dict[str, torch.Tensor] = {
+        "image_proj.proj.weight": torch.randn(cross * tokens, cross) * 0.5,
+        "image_proj.proj.bias": torch.zeros(cross * tokens),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    key = 1
+    for name in unet.attn_processors:
+        if not name.endswith("attn2.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = channels[int(name[len("down_blocks.")])]
+        for part in ("to_k_ip", "to_v_ip"):
+            weights[f"ip_adapter.{key}.{part}.weight"] = torch.randn(hidden, cross) * 0.5
+        key += 2
+    save_file(weights, str(path / "ip-adapter_tiny.safetensors"))
+    torch.manual_seed(0)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, projection_dim=cross, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, image_size=32, patch_size=8)).eval()
+    encoder.save_pretrained(path / "image_encoder")
+
+
+def tiny_sd_ip_adapter_path() -> Path:
+    """Folder of a tiny SD IP-Adapter: ``ip-adapter_tiny.safetensors`` + ``image_encoder/``."""
+    return cached_build("tiny-sd-ip-adapter", _build_sd_ip_adapter)

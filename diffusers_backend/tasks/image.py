@@ -17,6 +17,7 @@ from typing import Any
 
 from diffusers_backend import media, prompts
 from diffusers_backend.errors import InvalidArgument
+from diffusers_backend.loading import ip_adapter
 from diffusers_backend.loading.pipeline_loader import LoadedPipeline
 from diffusers_backend.media.control import preprocess_control
 from diffusers_backend.registry.signatures import call_signature
@@ -55,6 +56,7 @@ class _Inputs:
     mask: Any = None
     control: Any = None  # ControlNet img2img: the control picture beside the source
     note: str = ""  # what the reply says about the references (those left out)
+    adapter: Any = None  # the IP-Adapter's picture (first reference) when one is loaded
 
     @property
     def inpaint(self) -> bool:
@@ -117,6 +119,8 @@ class ImagePlan:
         """
         if self.inputs.image is not None or self.settings.compel or self.settings.sd_embed:
             return None
+        if ip_adapter.is_loaded(self.loaded.pipe):  # its scale and image are per call
+            return None
         return (id(self.loaded), self.width, self.height, self.steps, self.clip_skip,
                 bool(self.negative))
 
@@ -160,6 +164,8 @@ class ImagePlan:
             sd_embed=self.settings.sd_embed, clip_skip=self.clip_skip,
             clip_skip_enabled=self.settings.clip_skip_enabled))
         kwargs.update(num_inference_steps=self.steps, generator=make_generator(self.seed))
+        if ip_adapter.is_loaded(pipe):
+            kwargs.update(ip_adapter.call_kwargs(pipe, loaded.spec, inputs.adapter))
         kwargs.update(size_kwargs(width, height))
         if width and height and sig.accepts("max_area"):  # Kontext: else it picks ~1024x1024
             kwargs.setdefault("max_area", width * height)
@@ -233,6 +239,8 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
             media.check_input_path(ref, field=f"ref_images[{index}]")
     if references.takes_reference_list(type(loaded.pipe)):
         return _reference_list(job, limit)
+    if ip_adapter.is_loaded(loaded.pipe):
+        return _adapter_inputs(job, limit)
     first_ref = job.ref_images[0] if job.ref_images else ""
     sig = call_signature(type(loaded.pipe))
     two_pictures = sig.accepts("control_image") and job.src and first_ref
@@ -259,6 +267,19 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
         # ControlNet text-to-image: its ``image`` is the control image.
         image = preprocess_control(image, loaded.spec.options, loaded.spec.model_path)
     return _Inputs(image=image, control=control, note=left_out)
+
+
+def _adapter_inputs(job: ImageJob, limit: int) -> _Inputs:
+    """With an IP-Adapter loaded: the first reference is the adapter's picture and ``src``
+    (if any) the image-to-image picture; without a reference the adapter is off."""
+    fields = references.reference_fields(job.ref_images)
+    adapter = (media.open_image(fields[0][1], field=fields[0][0], max_pixels=limit)
+               if fields else None)
+    image = media.open_image(job.src, field="src", max_pixels=limit) if job.src else None
+    note = "IP-Adapter image: ref_images[0]" if fields else "IP-Adapter off: no reference"
+    left_out = references.left_out_note("the IP-Adapter", [name for name, _ in fields[1:]])
+    return _Inputs(image=image, adapter=adapter,
+                   note="; ".join(x for x in (note, left_out) if x))
 
 
 def _reference_list(job: ImageJob, limit: int) -> _Inputs:
