@@ -143,3 +143,58 @@ def _build_sd_ip_adapter(path: Path) -> None:
 def tiny_sd_ip_adapter_path() -> Path:
     """Folder of a tiny SD IP-Adapter: ``ip-adapter_tiny.safetensors`` + ``image_encoder/``."""
     return cached_build("tiny-sd-ip-adapter", _build_sd_ip_adapter)
+
+
+# Flux2Pipeline formats prompts as chat messages whose content is a list of parts.
+PARTS_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}{% endfor %}")
+
+
+def _build_flux2(path: Path) -> None:
+    """FLUX.2 [dev]'s pipeline with a Mistral-3 text encoder of 31 tiny layers (it stacks
+    hidden states 10, 20 and 30). Its tokenizer is the byte-level CLIP one with a chat
+    template instead of the Hub's Pixtral processor: the prompt path only applies the chat
+    template, which a tokenizer does as well."""
+    import torch
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2Pipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=256,
+        axes_dims_rope=[4, 4, 4, 4]).eval()
+    torch.manual_seed(0)
+    text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
+        text_config=dict(model_type="mistral", hidden_size=16, intermediate_size=16,
+                         num_hidden_layers=31, num_attention_heads=2, num_key_value_heads=2,
+                         head_dim=8, vocab_size=VOCAB_SIZE, max_position_embeddings=512),
+        vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=16,
+                           num_hidden_layers=1, num_attention_heads=2, head_dim=8,
+                           image_size=32, patch_size=8),
+        spatial_merge_size=1, image_token_index=VOCAB_SIZE - 1)).eval()
+    torch.manual_seed(0)
+    vae = AutoencoderKLFlux2(
+        sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(4, 4, 4, 4),
+        layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
+        use_post_quant_conv=False).eval()
+    tokenizer = tiny_clip_tokenizer()
+    tokenizer.chat_template = PARTS_CHAT_TEMPLATE
+    pipe = Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                         text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+    pipe.save_pretrained(path)
+    saved = tiny_clip_tokenizer(save_to=path / "tokenizer")
+    saved.chat_template = PARTS_CHAT_TEMPLATE
+    saved.save_pretrained(path / "tokenizer")
+
+
+def tiny_flux2_path() -> Path:
+    """Folder of a tiny Flux2Pipeline (FLUX.2 [dev]: several references, Mistral-3 encoder)."""
+    return cached_build("tiny-flux2", _build_flux2)

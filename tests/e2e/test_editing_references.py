@@ -2,7 +2,7 @@
 
 * FluxKontextPipeline takes one reference: it changes the picture, and a ``data:`` URI gives
   exactly the picture the same file gives;
-* Flux2KleinPipeline takes a list: every reference reaches it, in order (the picture changes
+* Flux2KleinPipeline and Flux2Pipeline take a list: every reference reaches it, in order (the picture changes
   with a second reference and with their order, while the same request repeats exactly);
 * FluxFillPipeline gets LocalAI's inpainting layout (``src`` a JSON file, ``ref_images =
   [original, mask]``) as image and mask_image; a mask of another size is resized, a mask that
@@ -121,6 +121,21 @@ def test_list_taking_pipeline_receives_every_reference_in_order(klein, pictures,
     assert done.returncode == 0, done.stderr
     assert "2 reference image(s) combined" in done.stdout
     assert same(tmp_path / "ab.png", tmp_path / "client.png")
+
+
+def test_flux2_receives_every_reference(backend, pictures, tmp_path):
+    from tiny_edit_models import tiny_flux2_path
+
+    a, b, _ = pictures
+    load_ok(backend, tiny_flux2_path(), Options=["max_sequence_length:32"])
+    try:
+        one = backend.image(tmp_path / "a.png", ref_images=[str(a)], seed=3)
+        both = backend.image(tmp_path / "ab.png", ref_images=[str(a), str(b)], seed=3)
+    finally:
+        free(backend)
+    assert "from the input image with Flux2Pipeline" in one.message
+    assert "2 reference image(s) combined" in both.message
+    assert mean_diff(tmp_path / "a.png", tmp_path / "ab.png") > 0
 
 
 @pytest.fixture(scope="module")
