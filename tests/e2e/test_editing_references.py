@@ -2,8 +2,9 @@
 
 * FluxKontextPipeline takes one reference: it changes the picture, and a ``data:`` URI gives
   exactly the picture the same file gives;
-* Flux2KleinPipeline and Flux2Pipeline take a list: every reference reaches it, in order (the picture changes
-  with a second reference and with their order, while the same request repeats exactly);
+* Flux2KleinPipeline and Flux2Pipeline take a list: every reference reaches them, in order
+  (the picture changes with a second reference and with their order, while the same request
+  repeats exactly);
 * FluxFillPipeline gets LocalAI's inpainting layout (``src`` a JSON file, ``ref_images =
   [original, mask]``) as image and mask_image; a mask of another size is resized, a mask that
   is not an image is INVALID_ARGUMENT naming it.
