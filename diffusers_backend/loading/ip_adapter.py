@@ -103,11 +103,18 @@ def load_ip_adapter(pipe: Any, spec: LoadSpec, dtype: Any, safetensors_only: boo
     return f"IP-Adapter {weights.name} x{strength}"
 
 
+# What diffusers' load_ip_adapter puts on the denoiser: UNets and Flux get a
+# MultiIPAdapterImageProjection as encoder_hid_proj, SD3 an image_proj.
+_PROJECTIONS = ("MultiIPAdapterImageProjection", "IPAdapterTimeImageProjection")
+
+
 def is_loaded(pipe: Any) -> bool:
-    """Whether an IP-Adapter sits on ``pipe`` (its image encoder and projection are there)."""
+    """Whether an IP-Adapter sits on ``pipe`` (its projection and image encoder are there)."""
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    return getattr(denoiser, "encoder_hid_proj", None) is not None and getattr(
-        pipe, "image_encoder", None) is not None
+    projections = (getattr(denoiser, "encoder_hid_proj", None),
+                   getattr(denoiser, "image_proj", None))
+    return getattr(pipe, "image_encoder", None) is not None and any(
+        type(p).__name__ in _PROJECTIONS for p in projections)
 
 
 def call_kwargs(pipe: Any, spec: LoadSpec, reference: Any) -> dict[str, Any]:

@@ -239,8 +239,8 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
             media.check_input_path(ref, field=f"ref_images[{index}]")
     if references.takes_reference_list(type(loaded.pipe)):
         return _reference_list(job, limit)
-    if ip_adapter.is_loaded(loaded.pipe):
-        return _adapter_inputs(job, limit)
+    if ip_adapter.is_loaded(loaded.pipe) and getattr(loaded.pipe, "controlnet", None) is None:
+        return _adapter_inputs(job, limit)  # (with a ControlNet the references stay its own)
     first_ref = job.ref_images[0] if job.ref_images else ""
     sig = call_signature(type(loaded.pipe))
     two_pictures = sig.accepts("control_image") and job.src and first_ref
