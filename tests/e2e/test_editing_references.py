@@ -43,6 +43,9 @@ def edit_client(addr: str, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+SMALL = {"width": 32, "height": 32, "seed": 3}
+
+
 def data_uri(path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -65,25 +68,20 @@ def kontext(backend):
 
 def test_kontext_reference_changes_the_picture_and_data_uri_is_the_file(
         kontext, pictures, tmp_path):
-    a, b, _ = pictures
-    plain = kontext.image(tmp_path / "plain.png", seed=5)
-    kontext.image(tmp_path / "a.png", ref_images=[str(a)], seed=5)
-    kontext.image(tmp_path / "b.png", ref_images=[str(b)], seed=5)
-    inline = kontext.image(tmp_path / "inline.png", ref_images=[data_uri(a)], seed=5)
-    assert "from the input image with FluxKontextPipeline" in inline.message
-    assert pixels(tmp_path / "a.png").shape == (64, 64, 3)  # the request's size, not 1024
-    assert not same(tmp_path / "plain.png", tmp_path / "a.png")
-    assert not same(tmp_path / "a.png", tmp_path / "b.png")
-    assert same(tmp_path / "a.png", tmp_path / "inline.png")  # exactly the same picture
-    assert "FluxKontextPipeline" not in plain.message
-
-
-def test_one_reference_pipeline_names_the_references_left_out(kontext, pictures, tmp_path):
     a, b, c = pictures
-    reply = kontext.image(tmp_path / "x.png", ref_images=[str(a), str(b), str(c)], seed=5)
-    assert "ref_images[1], ref_images[2] left out" in reply.message
-    kontext.image(tmp_path / "first.png", ref_images=[str(a)], seed=5)
-    assert same(tmp_path / "x.png", tmp_path / "first.png")
+    size = {"width": 32, "height": 32, "seed": 5}
+    plain = kontext.image(tmp_path / "plain.png", **size)
+    kontext.image(tmp_path / "a.png", ref_images=[str(a)], **size)
+    inline = kontext.image(tmp_path / "inline.png", ref_images=[data_uri(a)], **size)
+    three = kontext.image(tmp_path / "three.png", ref_images=[str(a), str(b), str(c)], **size)
+    assert "from the input image with FluxKontextPipeline" in inline.message
+    assert "FluxKontextPipeline" not in plain.message
+    assert pixels(tmp_path / "a.png").shape == (32, 32, 3)  # the request's size, not 1024
+    assert not same(tmp_path / "plain.png", tmp_path / "a.png")
+    assert same(tmp_path / "a.png", tmp_path / "inline.png")  # exactly the same picture
+    # One picture: the first reference; the others are named as left out.
+    assert "ref_images[1], ref_images[2] left out" in three.message
+    assert same(tmp_path / "three.png", tmp_path / "a.png")
 
 
 def test_bad_data_uri_is_invalid_argument(kontext, tmp_path):
@@ -106,10 +104,10 @@ def klein(backend):
 
 def test_list_taking_pipeline_receives_every_reference_in_order(klein, pictures, tmp_path):
     a, b, _ = pictures
-    one = klein.image(tmp_path / "a.png", ref_images=[str(a)], seed=3)
-    both = klein.image(tmp_path / "ab.png", ref_images=[str(a), str(b)], seed=3)
-    klein.image(tmp_path / "ab2.png", ref_images=[str(a), data_uri(b)], seed=3)
-    klein.image(tmp_path / "ba.png", ref_images=[str(b), str(a)], seed=3)
+    one = klein.image(tmp_path / "a.png", ref_images=[str(a)], **SMALL)
+    both = klein.image(tmp_path / "ab.png", ref_images=[str(a), str(b)], **SMALL)
+    klein.image(tmp_path / "ab2.png", ref_images=[str(a), data_uri(b)], **SMALL)
+    klein.image(tmp_path / "ba.png", ref_images=[str(b), str(a)], **SMALL)
     assert "1 reference image(s) combined" in one.message
     assert "2 reference image(s) combined" in both.message
     assert "Flux2KleinPipeline" in both.message
@@ -117,7 +115,7 @@ def test_list_taking_pipeline_receives_every_reference_in_order(klein, pictures,
     assert mean_diff(tmp_path / "a.png", tmp_path / "ab.png") > 0  # the second one arrived
     assert mean_diff(tmp_path / "ab.png", tmp_path / "ba.png") > 0  # in the order sent
     done = edit_client(klein.addr, "a red cube", "--ref", str(a), "--ref", str(b), "--seed", "3",
-                       "--width", "64", "--height", "64", "--steps", "2",
+                       "--width", "32", "--height", "32", "--steps", "2",
                        "-o", str(tmp_path / "client.png"))
     assert done.returncode == 0, done.stderr
     assert "2 reference image(s) combined" in done.stdout
@@ -130,8 +128,8 @@ def test_flux2_receives_every_reference(backend, pictures, tmp_path):
     a, b, _ = pictures
     load_ok(backend, tiny_flux2_path(), Options=["max_sequence_length:32"])
     try:
-        one = backend.image(tmp_path / "a.png", ref_images=[str(a)], seed=3)
-        both = backend.image(tmp_path / "ab.png", ref_images=[str(a), str(b)], seed=3)
+        one = backend.image(tmp_path / "a.png", ref_images=[str(a)], **SMALL)
+        both = backend.image(tmp_path / "ab.png", ref_images=[str(a), str(b)], **SMALL)
     finally:
         free(backend)
     assert "from the input image with Flux2Pipeline" in one.message

@@ -10,6 +10,8 @@ import shutil
 import pytest
 from features_support import free, load_ok, log_since, same, write_image
 
+SMALL = {"width": 32, "height": 32, "seed": 7}
+
 
 @pytest.fixture(scope="module")
 def adapter():
@@ -24,14 +26,14 @@ def test_reference_steers_and_no_reference_is_the_plain_picture(backend, tiny_sd
     b = write_image(tmp_path / "b.png", color="white")
     try:
         load_ok(backend, tiny_sd)
-        backend.image(tmp_path / "plain.png", seed=7)
+        backend.image(tmp_path / "plain.png", **SMALL)
         mark = len(backend.log())
         load_ok(backend, tiny_sd, Options=[f"ip_adapter:{adapter}", "ip_adapter_scale:1.0"])
         assert "IP-Adapter ip-adapter_tiny.safetensors x1.0" in log_since(backend, mark)
-        off = backend.image(tmp_path / "off.png", seed=7)
-        on = backend.image(tmp_path / "a-ref.png", seed=7, ref_images=[str(a)])
-        backend.image(tmp_path / "b-ref.png", seed=7, ref_images=[str(b)])
-        backend.image(tmp_path / "off-again.png", seed=7)
+        off = backend.image(tmp_path / "off.png", **SMALL)
+        on = backend.image(tmp_path / "a-ref.png", **SMALL, ref_images=[str(a)])
+        backend.image(tmp_path / "b-ref.png", **SMALL, ref_images=[str(b)])
+        backend.image(tmp_path / "off-again.png", **SMALL)
     finally:
         free(backend)
     assert "IP-Adapter off" in off.message and "IP-Adapter image: ref_images[0]" in on.message
