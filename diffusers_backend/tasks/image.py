@@ -169,6 +169,11 @@ class ImagePlan:
         kwargs.update(size_kwargs(width, height))
         if width and height and sig.accepts("max_area"):  # Kontext: else it picks ~1024x1024
             kwargs.setdefault("max_area", width * height)
+            if inputs.inpaint and sig.accepts("_auto_resize"):
+                # Kontext inpainting takes its output size from the picture (by default
+                # snapped to a ~1 MP Kontext size): give it the request's size instead.
+                kwargs.update(_auto_resize=False, image=_resized(kwargs["image"], width, height),
+                              mask_image=kwargs["mask_image"].resize((width, height)))
         call = accepted_kwargs(kwargs, sig)
         steps, note = self.steps, self.note
         strength = call.get("strength")

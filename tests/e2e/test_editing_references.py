@@ -84,6 +84,18 @@ def test_kontext_reference_changes_the_picture_and_data_uri_is_the_file(
     assert same(tmp_path / "three.png", tmp_path / "a.png")
 
 
+def test_kontext_takes_the_inpainting_layout_through_kontext_inpaint(kontext, pictures,
+                                                                      tmp_path):
+    a, _, _ = pictures
+    src, mask_path, masked = inpaint_request(tmp_path, a, box=(16, 16, 48, 48))
+    reply = kontext.image(tmp_path / "out.png", src=str(src),
+                          ref_images=[str(a), str(mask_path)], seed=1)
+    assert "inpainted with FluxKontextInpaintPipeline" in reply.message
+    out = pixels(tmp_path / "out.png")
+    assert np.array_equal(out[~masked], pixels(a)[~masked])
+    assert np.abs(out[masked] - pixels(a)[masked]).mean() > 0
+
+
 def test_bad_data_uri_is_invalid_argument(kontext, tmp_path):
     for value in ("data:image/png;base64,@@@@", "data:image/png,rawbytes",
                   "data:image/png;base64," + base64.b64encode(b"not an image").decode()):
