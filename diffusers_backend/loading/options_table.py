@@ -60,6 +60,14 @@ def _bool(key: str, value: Any) -> None:
         raise LoadError(f"option {key} must be true or false, got {value!r}")
 
 
+_IP_ADAPTER = "SD 1.x/2.x, SDXL, Flux, SD3"
+
+
+def _number(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LoadError(f"option {key} must be a number, got {value!r}")
+
+
 def _compile_mode(_key: str, value: Any) -> None:
     if value not in COMPILE_MODES:
         raise LoadError(f"unknown compile_mode {value!r}; use one of {', '.join(COMPILE_MODES)}")
@@ -137,6 +145,13 @@ OPTIONS: tuple[Option, ...] = (
            "`control_preprocess:depth`", "ControlNet", path="weights"),
     Option("canny_low", _L, "number", "Canny low threshold (default 100)", "ControlNet"),
     Option("canny_high", _L, "number", "Canny high threshold (default 200)", "ControlNet"),
+    # -- IP-Adapter (loading/ip_adapter.py)
+    Option("ip_adapter", _L, "file or folder", "an IP-Adapter `.safetensors` (a folder: the "
+           "one in it); the request's first reference is its picture", _IP_ADAPTER),
+    Option("ip_adapter_image_encoder", _L, "folder", "its CLIP image encoder (default: "
+           "`image_encoder` beside the file)", _IP_ADAPTER),
+    Option("ip_adapter_scale", _L, "number", "the adapter's strength when a reference is "
+           "sent (default 1.0; 0 without one)", _IP_ADAPTER, check=_number),
     # -- speed (loading/acceleration/compile.py)
     Option("compile", _L, "bool", "`torch.compile` the denoiser, warmed up inside LoadModel",
            _DENOISER, check=_bool),

@@ -17,6 +17,7 @@ from typing import Any
 from diffusers_backend.errors import BackendError, LoadError, short_message
 from diffusers_backend.loading import acceleration, adapters, download, hub, placement, special
 from diffusers_backend.loading.dependencies import check_pipeline_dependencies
+from diffusers_backend.loading.ip_adapter import load_ip_adapter
 from diffusers_backend.loading.model_ref import (
     ModelRef,
     RefKind,
@@ -364,7 +365,10 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
         controlnet = adapters.load_controlnet(spec, dtype, extra, settings.safetensors_only)
     pipe = _as_task_variant(pipe, spec, controlnet)
     adapters.load_loras(pipe, spec, settings.safetensors_only)
+    ip_note = load_ip_adapter(pipe, spec, dtype, settings.safetensors_only)
     description = placement.apply_memory_modes(pipe, spec, settings, device)
+    if ip_note:
+        description += ", " + ip_note
     speed_notes = acceleration.apply_speed_options(pipe, spec)
     if speed_notes:
         warmed = acceleration.warm_up(pipe, spec)

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diffusers_backend.errors import BackendError, InvalidArgument, NotFound, PermissionDenied
 from diffusers_backend.loading import path_guard
+from diffusers_backend.media import inline
 from diffusers_backend.settings import DEFAULTS
 
 # Raster formats a user upload can reasonably be in. An allowlist keeps plugins such as
@@ -55,6 +56,8 @@ def check_input_path(path: str, *, field: str = "src") -> None:
     Lets a request with a missing or wrong input be refused before it waits for the
     pipeline; decoding (size, format, mode checks) still happens in open_image.
     """
+    if inline.inline_bytes(path, field) is not None:
+        return  # an inline image names no path; open_image decodes it
     _stat_input(path, field)
     if not os.access(path, os.R_OK):
         raise PermissionDenied(
@@ -67,6 +70,11 @@ def _decode(source: str | bytes, label: str, shown: str, max_pixels: int) -> Ima
     ``source`` is a path or the encoded bytes; ``shown`` is what messages call it.
     The pixel limit is checked on the header's size, before any pixel data is read.
     """
+    if isinstance(source, str):
+        data = inline.inline_bytes(source, label)
+        if data is not None:  # a data: URI or bare base64: same decoder, caps and errors
+            shown = inline.shown(source, data)
+            source = data
     try:
         fp: Any = (io.BytesIO(source) if isinstance(source, bytes)
                    else path_guard.open_file(source, label, "image"))
@@ -176,7 +184,7 @@ def open_image(path: str, *, field: str = "src", max_pixels: int) -> Image.Image
     flattened onto white.
     """
     image = _decode(path, field, path_guard.shown(path), max_pixels)
-    return _to_mode(image, "RGB", 255, field, path_guard.shown(path))
+    return _to_mode(image, "RGB", 255, field, _shown(path, field))
 
 
 def open_mask(path: str, *, field: str = "mask", max_pixels: int) -> Image.Image:
@@ -186,7 +194,13 @@ def open_mask(path: str, *, field: str = "mask", max_pixels: int) -> Image.Image
     only what was painted.
     """
     image = _decode(path, field, path_guard.shown(path), max_pixels)
-    return _to_mode(image, "L", 0, field, path_guard.shown(path))
+    return _to_mode(image, "L", 0, field, _shown(path, field))
+
+
+def _shown(value: str, field: str) -> str:
+    """How messages name a path or an inline image."""
+    data = inline.inline_bytes(value, field)
+    return path_guard.shown(value) if data is None else inline.shown(value, data)
 
 
 def is_inpaint_json(path: str) -> bool:
@@ -196,8 +210,12 @@ def is_inpaint_json(path: str) -> bool:
     paths answer False, so the image opener reports them with the right status.
     """
     try:
-        with path_guard.open_file(path, "src") as fh:
-            head = fh.read(_SNIFF_BYTES)
+        data = inline.inline_bytes(path, "src")
+        if data is not None:
+            head = data[:_SNIFF_BYTES]
+        else:
+            with path_guard.open_file(path, "src") as fh:
+                head = fh.read(_SNIFF_BYTES)
     except (BackendError, OSError):
         return False  # the image opener reports it with the right status
     head = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
@@ -241,9 +259,14 @@ def _read_inpaint_json(src: str, max_bytes: int) -> dict[str, Any]:
     The host also sends the image and mask as files (ref_images); the JSON repeats them in
     base64, so a modest cap loses nothing while a huge file cannot take gigabytes to parse.
     """
-    shown = path_guard.shown(src)
-    with path_guard.open_file(src, "src", "inpainting JSON") as fh:
-        size = os.fstat(fh.fileno()).st_size
+    shown = _shown(src, "src")
+    data = inline.inline_bytes(src, "src")
+    if data is not None and len(data) > max_bytes:
+        raise InvalidArgument(f"inpainting JSON is {len(data)} bytes, above the limit of "
+                              f"{max_bytes} (DIFFUSERS_MAX_INPAINT_JSON_BYTES): {shown}")
+    with (io.BytesIO(data) if data is not None
+          else path_guard.open_file(src, "src", "inpainting JSON")) as fh:
+        size = len(data) if data is not None else os.fstat(fh.fileno()).st_size
         if size > max_bytes:
             raise InvalidArgument(
                 f"inpainting JSON is {size} bytes, above the limit of {max_bytes} "
@@ -275,7 +298,8 @@ def load_inpaint_inputs(
     src: str, ref_images: Sequence[str], *, max_pixels: int,
     max_json_bytes: int = DEFAULT_MAX_INPAINT_JSON_BYTES,
 ) -> tuple[Image.Image, Image.Image] | None:
-    """Return ``(image RGB, mask L)`` for an inpainting request, or None for any other.
+    """Return ``(image RGB, mask L)`` for an inpainting request, or None for any other; a mask
+    of another size is resized (bilinear) to the image's.
 
     The rule: a request is inpainting exactly when ``src`` is a JSON file (the host's
     inpainting endpoint always sends one). Image and mask come from its ``image`` and
@@ -286,17 +310,18 @@ def load_inpaint_inputs(
     if not src or not is_inpaint_json(src):
         return None
     obj = _read_inpaint_json(src, max_json_bytes)
+    where = _shown(src, "src")
     refs = [r for r in (ref_images or []) if r]
     have_refs = len(refs) >= 2
 
     def pick(key: str, index: int, as_mask: bool) -> Image.Image:
         value = obj.get(key)
         if value is not None and value != "":
-            data = _b64_image_bytes(value, key, path_guard.shown(src))
+            data = _b64_image_bytes(value, key, where)
             label = f'inpainting JSON field "{key}"'
-            image = _decode(data, label, path_guard.shown(src), max_pixels)
+            image = _decode(data, label, where, max_pixels)
             mode, background = ("L", 0) if as_mask else ("RGB", 255)
-            return _to_mode(image, mode, background, label, path_guard.shown(src))
+            return _to_mode(image, mode, background, label, where)
         if have_refs:
             field = f"ref_images[{index}]"
             if as_mask:
@@ -304,15 +329,13 @@ def load_inpaint_inputs(
             return open_image(refs[index], field=field, max_pixels=max_pixels)
         raise InvalidArgument(
             f'inpainting JSON has no "{key}" field and ref_images does not hold '
-            f"[image, mask] to fall back on: {path_guard.shown(src)}"
+            f"[image, mask] to fall back on: {where}"
         )
 
     image = pick("image", 0, as_mask=False)
     mask = pick("mask_image", 1, as_mask=True)
     if image.size != mask.size:
-        raise InvalidArgument(
-            f"inpainting image is {image.size[0]}x{image.size[1]} but the mask is "
-            f"{mask.size[0]}x{mask.size[1]}; they must be the same size ({path_guard.shown(src)})"
-        )
+        # Masks are often drawn at another resolution: stretch it over the picture.
+        mask = mask.resize(image.size, Image.Resampling.BILINEAR)
     return image, mask
 

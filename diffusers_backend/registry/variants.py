@@ -13,6 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 
+# Editing pipelines whose inpainting class diffusers' AutoPipeline tables do not list: the
+# host's inpainting layout (JSON src, [image, mask]) runs on it with the same weights.
+EDIT_INPAINT = {
+    "FluxKontextPipeline": "FluxKontextInpaintPipeline",
+    "QwenImageEditPipeline": "QwenImageEditInpaintPipeline",
+    "QwenImageEditPlusPipeline": "QwenImageEditInpaintPipeline",
+    "Flux2KleinPipeline": "Flux2KleinInpaintPipeline",
+}
+
+
 def variant_classes(cls: type) -> list[type]:
     """The img2img and inpainting classes diffusers would switch ``cls`` to (may be none)."""
     import diffusers
@@ -35,6 +45,11 @@ def make_variant(pipe: Any, task: str, **components: Any) -> Any:
     optionally with extra components (a ControlNet). ValueError when diffusers has none."""
     import diffusers
 
+    edit_inpaint = EDIT_INPAINT.get(type(pipe).__name__)
+    if task == "inpaint" and edit_inpaint and hasattr(diffusers, edit_inpaint):
+        variant = getattr(diffusers, edit_inpaint).from_pipe(pipe, **components)
+        variant.set_progress_bar_config(disable=True)
+        return variant
     auto = {"img2img": diffusers.AutoPipelineForImage2Image,
             "inpaint": diffusers.AutoPipelineForInpainting,
             "txt2img": diffusers.AutoPipelineForText2Image}[task]

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from diffusers_backend.serving.client_edit import add_edit_arguments, edit_request
 from diffusers_backend.serving.listen import split_addr
 
 try:
@@ -196,6 +197,8 @@ def run_command(args: argparse.Namespace, stub: Any, pb: Any) -> int:
         if reply.message.startswith("video written to "):
             print(_video_reply(reply.message, args.output))
             return 0
+    elif command == "edit":
+        reply = _call(args, stub.GenerateImage, edit_request(pb, args), "editing", None)
     elif command == "video":
         reply = _call(args, stub.GenerateVideo, video_request(pb, args), "generating", None)
     else:
@@ -274,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_args(image)
     image.add_argument("--src", default="", help="input image (img2img) or inpainting JSON")
     image.add_argument("--ref", action="append", default=[], help="reference image")
+
+    edit = command("edit", "GenerateImage from reference images (--ref, repeatable; --mask)")
+    _generation_args(edit)
+    add_edit_arguments(edit)
 
     video = command("video", "GenerateVideo: write an MP4")
     _generation_args(video)

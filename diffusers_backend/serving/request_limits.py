@@ -14,6 +14,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from diffusers_backend.errors import InvalidArgument
 from diffusers_backend.loading.path_guard import MAX_PATH_CHARS
+from diffusers_backend.media.inline import IMAGE_FIELDS, MAX_INLINE_CHARS, may_be_inline
 
 PROMPT_FIELDS = frozenset({"prompt", "positive_prompt", "negative_prompt"})
 TEXT_FIELDS = frozenset({"Options", "EngineArgs"})  # "key:value" options, a JSON object
@@ -32,6 +33,8 @@ def check_request(request: Any, max_prompt_chars: int) -> None:
         else:
             limit, setting = MAX_PATH_CHARS, ""
         for text in (value if field.is_repeated else (value,)):
-            if len(text) > limit:
+            cap = (MAX_INLINE_CHARS if field.name in IMAGE_FIELDS and may_be_inline(text)
+                   else limit)  # an inline image (media.inline) is longer than any path
+            if len(text) > cap:
                 raise InvalidArgument(f"{field.name} is {len(text)} characters long, above the "
-                                      f"limit of {limit}{setting}")
+                                      f"limit of {cap}{setting}")

@@ -17,10 +17,12 @@ from typing import Any
 
 from diffusers_backend import media, prompts
 from diffusers_backend.errors import InvalidArgument
+from diffusers_backend.loading import ip_adapter
 from diffusers_backend.loading.pipeline_loader import LoadedPipeline
 from diffusers_backend.media.control import preprocess_control
 from diffusers_backend.registry.signatures import call_signature
 from diffusers_backend.settings import Settings
+from diffusers_backend.tasks import references
 from diffusers_backend.tasks.calls import (
     DEFAULT_IMG2IMG_STRENGTH,
     IsCancelled,
@@ -53,6 +55,8 @@ class _Inputs:
     image: Any = None
     mask: Any = None
     control: Any = None  # ControlNet img2img: the control picture beside the source
+    note: str = ""  # what the reply says about the references (those left out)
+    adapter: Any = None  # the IP-Adapter's picture (first reference) when one is loaded
 
     @property
     def inpaint(self) -> bool:
@@ -115,6 +119,8 @@ class ImagePlan:
         """
         if self.inputs.image is not None or self.settings.compel or self.settings.sd_embed:
             return None
+        if ip_adapter.is_loaded(self.loaded.pipe):  # its scale and image are per call
+            return None
         return (id(self.loaded), self.width, self.height, self.steps, self.clip_skip,
                 bool(self.negative))
 
@@ -158,7 +164,16 @@ class ImagePlan:
             sd_embed=self.settings.sd_embed, clip_skip=self.clip_skip,
             clip_skip_enabled=self.settings.clip_skip_enabled))
         kwargs.update(num_inference_steps=self.steps, generator=make_generator(self.seed))
+        if ip_adapter.is_loaded(pipe):
+            kwargs.update(ip_adapter.call_kwargs(pipe, loaded.spec, inputs.adapter))
         kwargs.update(size_kwargs(width, height))
+        if width and height and sig.accepts("max_area"):  # Kontext: else it picks ~1024x1024
+            kwargs.setdefault("max_area", width * height)
+            if inputs.inpaint and sig.accepts("_auto_resize"):
+                # Kontext inpainting takes its output size from the picture (by default
+                # snapped to a ~1 MP Kontext size): give it the request's size instead.
+                kwargs.update(_auto_resize=False, image=_resized(kwargs["image"], width, height),
+                              mask_image=kwargs["mask_image"].resize((width, height)))
         call = accepted_kwargs(kwargs, sig)
         steps, note = self.steps, self.note
         strength = call.get("strength")
@@ -207,7 +222,7 @@ def plan_image(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> Ima
         seed=pick_seed(job.seed),
         clip_skip=prompts.effective_clip_skip(job.clip_skip, loaded.spec.clip_skip),
         negative=job.negative_prompt,
-        note=note, inputs=inputs)
+        note="; ".join(x for x in (note, inputs.note) if x), inputs=inputs)
 
 
 def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _Inputs:
@@ -227,6 +242,10 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
     for index, ref in enumerate(job.ref_images):
         if ref:
             media.check_input_path(ref, field=f"ref_images[{index}]")
+    if references.takes_reference_list(type(loaded.pipe)):
+        return _reference_list(job, limit)
+    if ip_adapter.is_loaded(loaded.pipe) and getattr(loaded.pipe, "controlnet", None) is None:
+        return _adapter_inputs(job, limit)  # (with a ControlNet the references stay its own)
     first_ref = job.ref_images[0] if job.ref_images else ""
     sig = call_signature(type(loaded.pipe))
     two_pictures = sig.accepts("control_image") and job.src and first_ref
@@ -240,6 +259,8 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
         return _Inputs()
     image = media.open_image(source, field="src" if source == job.src else "ref_images[0]",
                              max_pixels=limit)
+    fields = [name for name, _ in references.reference_fields(job.ref_images)]
+    left_out = references.left_out_note(type(loaded.pipe).__name__, fields[1:])
     control = None
     if sig.accepts("control_image"):
         control = image
@@ -250,7 +271,31 @@ def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _
     elif getattr(loaded.pipe, "controlnet", None) is not None:
         # ControlNet text-to-image: its ``image`` is the control image.
         image = preprocess_control(image, loaded.spec.options, loaded.spec.model_path)
-    return _Inputs(image=image, control=control)
+    return _Inputs(image=image, control=control, note=left_out)
+
+
+def _adapter_inputs(job: ImageJob, limit: int) -> _Inputs:
+    """With an IP-Adapter loaded: the first reference is the adapter's picture and ``src``
+    (if any) the image-to-image picture; without a reference the adapter is off."""
+    fields = references.reference_fields(job.ref_images)
+    adapter = (media.open_image(fields[0][1], field=fields[0][0], max_pixels=limit)
+               if fields else None)
+    image = media.open_image(job.src, field="src", max_pixels=limit) if job.src else None
+    note = "IP-Adapter image: ref_images[0]" if fields else "IP-Adapter off: no reference"
+    left_out = references.left_out_note("the IP-Adapter", [name for name, _ in fields[1:]])
+    return _Inputs(image=image, adapter=adapter,
+                   note="; ".join(x for x in (note, left_out) if x))
+
+
+def _reference_list(job: ImageJob, limit: int) -> _Inputs:
+    """Every reference, in order, for a pipeline that combines them (else ``src`` alone, or
+    text-to-image when neither is sent)."""
+    fields = references.reference_fields(job.ref_images) or (
+        [("src", job.src)] if job.src else [])
+    if not fields:
+        return _Inputs()
+    images = [media.open_image(value, field=name, max_pixels=limit) for name, value in fields]
+    return _Inputs(image=images, note=f"{len(images)} reference image(s) combined")
 
 
 def _target(loaded: LoadedPipeline, variants: Any, inputs: _Inputs,

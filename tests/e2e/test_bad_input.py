@@ -203,7 +203,6 @@ CASES: list[Case] = [
     I("inpaint-json-not-base64", IA, ["image", "base64"], src=_inp("inpaint-not-b64.json")),
     I("inpaint-json-not-image", IA, ["image", "not an image"], src=_inp("inpaint-not-image.json")),
     I("inpaint-json-no-mask", IA, ["mask_image"], src=_inp("inpaint-no-mask.json")),
-    I("inpaint-json-size-mismatch", IA, ["same size"], src=_inp("inpaint-size-mismatch.json")),
     I("inpaint-json-wrong-type", IA, ["base64 string"], src=_inp("inpaint-wrong-type.json")),
     I("inpaint-json-broken-existing-dst", IA, ["not valid JSON"],
       src=_inp("inpaint-broken.json"), **_KEEP),
