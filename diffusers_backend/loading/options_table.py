@@ -147,9 +147,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("canny_high", _L, "number", "Canny high threshold (default 200)", "ControlNet"),
     # -- IP-Adapter (loading/ip_adapter.py)
     Option("ip_adapter", _L, "file or folder", "an IP-Adapter `.safetensors` (a folder: the "
-           "one in it); the request's first reference is its picture", _IP_ADAPTER),
+           "one in it); the request's first reference is its picture", _IP_ADAPTER,
+           path="weights"),
     Option("ip_adapter_image_encoder", _L, "folder", "its CLIP image encoder (default: "
-           "`image_encoder` beside the file)", _IP_ADAPTER),
+           "`image_encoder` beside the file)", _IP_ADAPTER, path="weights"),
     Option("ip_adapter_scale", _L, "number", "the adapter's strength when a reference is "
            "sent (default 1.0; 0 without one)", _IP_ADAPTER, check=_number),
     # -- speed (loading/acceleration/compile.py)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 # Editing pipelines whose inpainting class diffusers' AutoPipeline tables do not list: the
 # host's inpainting layout (JSON src, [image, mask]) runs on it with the same weights.
 EDIT_INPAINT = {
