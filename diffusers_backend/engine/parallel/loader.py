@@ -4,6 +4,7 @@ context-parallel workers (see :mod:`.modes`). The LoadModel reply names the mode
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,7 @@ def _load_context_parallel(spec: LoadSpec, settings: Settings, choice: Choice,
     from diffusers_backend.engine.parallel.pipeline import runs_on_workers
     from diffusers_backend.loading.pipeline_loader import load_pipeline
 
+    started = time.perf_counter()
     group = WorkerGroup(choice, spec, settings, device)
     group.start()
     try:
@@ -66,6 +68,7 @@ def _load_context_parallel(spec: LoadSpec, settings: Settings, choice: Choice,
         group.stop()
         raise
     loaded.pipe = runs_on_workers(loaded.pipe, group)
+    loaded.load_seconds = time.perf_counter() - started  # the workers' load included
     processes = "GPU processes (NCCL)" if device == "cuda" else "CPU processes (gloo)"
     loaded.device = (f"{choice.world_size} {processes}, context parallel "
                      f"{choice.kind}, worker pids {', '.join(map(str, group.pids))}")
