@@ -2,7 +2,9 @@
 run diffusers' context parallelism (Ulysses); the pictures match one process's, alone and in
 a request-level batch; a killed worker fails the request in flight at once with
 FAILED_PRECONDITION while Health stays OK; a new LoadModel starts fresh workers; Free
-leaves no worker process."""
+leaves no worker process; workers exit by themselves when the server is SIGKILLed.
+
+The tests share one server and run in order (each parallel LoadModel costs ~20 s here)."""
 
 from __future__ import annotations
 
@@ -120,3 +122,12 @@ def test_loadmodel_starts_fresh_workers_and_free_stops_them(server, tmp_path):
     assert (tmp_path / "after.png").stat().st_size > 0
     assert server.stub.Free(backend_pb2.MemoryUsageData(), timeout=30).success
     assert _gone(pids, within=5), "a worker outlived Free"
+
+
+def test_workers_exit_when_the_server_is_sigkilled(server):
+    result = server.load(tiny_flux_path(), **PARALLEL)
+    assert result.success, result.message
+    pids = _workers(result.message)
+    server.proc.kill()  # SIGKILL: no atexit, no Free; the workers watch their parent
+    server.proc.wait(10)
+    assert _gone(pids, within=10), "a worker outlived its SIGKILLed server"

@@ -24,12 +24,12 @@ _WORKER_ONLY_OPTIONS = ("fuse_qkv", "channels_last", "quantize", "context_parall
 def load_model(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     """Load ``spec`` in the mode its TensorParallelSize, class and device call for."""
     from diffusers_backend.loading import placement
-    from diffusers_backend.loading.pipeline_loader import _find, load_pipeline
+    from diffusers_backend.loading.pipeline_loader import find_class, load_pipeline
 
     if spec.tensor_parallel_size < 2:
         return load_pipeline(spec, settings)
     spec.validate()
-    found, _ref, cls = _find(spec, settings)
+    found, cls = find_class(spec, settings)
     device = placement.pick_device(spec, settings)
     gpus = 0
     if device == "cuda":

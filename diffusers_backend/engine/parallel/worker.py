@@ -145,9 +145,10 @@ def main(args: WorkerArgs, conn: Connection, cancel: Any) -> None:
     import torch
     import torch.distributed as dist
 
-    from diffusers_backend.serving.logs import configure_logging
-
-    configure_logging(args.settings.log_level, args.settings.log_format)
+    # Plain text on stderr (the server's log): the engine layer does not import serving's
+    # JSON formatter, so JSON logs carry the workers' few lines as text.
+    logging.basicConfig(level=getattr(logging, str(args.settings.log_level), logging.INFO),
+                        format=f"%(asctime)s %(levelname)s rank{args.rank} %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     backend = "nccl" if args.gpu is not None else "gloo"
     try:
