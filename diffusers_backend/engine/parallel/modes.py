@@ -4,6 +4,7 @@ device before any weights are read, so each mode loads once."""
 from __future__ import annotations
 
 import inspect
+import typing
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -54,8 +55,9 @@ def denoiser_class(pipeline_class: type) -> type | None:
             import diffusers
 
             annotation = getattr(diffusers, annotation.strip("'\""), None)
-        if isinstance(annotation, type):
-            return annotation
+        for candidate in (annotation, *typing.get_args(annotation)):  # `X | None` too
+            if isinstance(candidate, type) and candidate is not type(None):
+                return candidate
     return None
 
 
