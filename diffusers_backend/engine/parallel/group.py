@@ -38,6 +38,16 @@ def _gpu_ids(count: int) -> list[str]:
     return ids[:count] if ids else [str(rank) for rank in range(count)]
 
 
+def _context() -> Any:
+    """Workers start from a fork server that imported torch and diffusers once: a fresh,
+    single-threaded process (safe to fork, unlike the gRPC server), so a reload after a
+    crash does not pay those imports again (~20 s on a busy CPU)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "diffusers", "transformers",
+                                    "diffusers_backend.engine.parallel.worker"])
+    return context
+
+
 class WorkerGroup:
     """N worker processes holding one model; one call at a time on all of them."""
 
@@ -45,7 +55,7 @@ class WorkerGroup:
         self.choice = choice
         self._spec, self._settings, self._device = spec, settings, device
         self._lock = threading.Lock()
-        self._context = multiprocessing.get_context("spawn")
+        self._context = _context()
         self._cancel = self._context.Value("b", 0)
         self._processes: list[Any] = []
         self._conns: list[Connection] = []

@@ -37,11 +37,23 @@ class WorkerArgs:
     parent_pid: int
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit as soon as the server process is gone, even when it was SIGKILLed."""
+def _server_alive(server_pid: int) -> bool:
+    try:
+        os.kill(server_pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a pid reused by another user's process
+        return False
+    return True
+
+
+def _watch_parent(server_pid: int) -> None:
+    """Exit as soon as the server process is gone, even when it was SIGKILLed: our parent
+    (the fork server, which exits with the server) changes, or the server's pid is gone."""
+    parent = os.getppid()
 
     def loop() -> None:
-        while os.getppid() == parent_pid:
+        while os.getppid() == parent and _server_alive(server_pid):
             time.sleep(PARENT_POLL_S)
         os._exit(3)
 
