@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
@@ -22,6 +23,7 @@ from diffusers_backend.errors import BackendError, Cancelled, FailedPrecondition
 log = logging.getLogger(__name__)
 POLL_S = 0.2
 STOP_GRACE_S = 5.0
+STRAGGLER_GRACE_S = 5.0
 _live: weakref.WeakSet[WorkerGroup] = weakref.WeakSet()
 
 
@@ -38,10 +40,14 @@ def _gpu_ids(count: int) -> list[str]:
     return ids[:count] if ids else [str(rank) for rank in range(count)]
 
 
-def _context() -> Any:
-    """Workers start from a fork server that imported torch and diffusers once: a fresh,
-    single-threaded process (safe to fork, unlike the gRPC server), so a reload after a
-    crash does not pay those imports again (~20 s on a busy CPU)."""
+def _context(device: str) -> Any:
+    """On a CPU, workers start from a fork server that imported torch and diffusers once: a
+    fresh, single-threaded process (safe to fork, unlike the gRPC server), so a reload after
+    a crash does not pay those imports again (~20 s on a busy CPU). With CUDA they are
+    spawned: importing diffusers may touch the CUDA driver, which a fork must not inherit,
+    and each worker sets CUDA_VISIBLE_DEVICES before torch first looks at the GPUs."""
+    if device == "cuda":
+        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "diffusers", "transformers",
                                     "diffusers_backend.engine.parallel.worker"])
@@ -55,8 +61,8 @@ class WorkerGroup:
         self.choice = choice
         self._spec, self._settings, self._device = spec, settings, device
         self._lock = threading.Lock()
-        self._context = _context()
-        self._cancel = self._context.Value("b", 0)
+        self._context = _context(device)
+        self._cancel: Any = None  # made in start(): a shared flag may start a helper process
         self._processes: list[Any] = []
         self._conns: list[Connection] = []
         self.broken = ""  # why the group can no longer serve; "" while it can
@@ -69,6 +75,7 @@ class WorkerGroup:
     def start(self) -> None:
         """Spawn the ranks; they load while the caller does other work (see wait_ready)."""
         size = self.choice.world_size
+        self._cancel = self._context.Value("b", 0)
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         gpus: list[str | None] = (list(_gpu_ids(size)) if self._device == "cuda"
                                   else [None] * size)
@@ -91,7 +98,7 @@ class WorkerGroup:
         """Wait until every rank has loaded; LoadError (and no worker left) otherwise."""
         size = len(self._processes)
         try:
-            for rank, reply in enumerate(self._gather(None)):
+            for rank, reply in enumerate(self._gather(None, calling=False)):
                 if reply[0] == "load_error":
                     raise LoadError(f"context-parallel worker rank {rank} could not load the "
                                     f"model: {reply[1]}") from reply[1]
@@ -150,9 +157,13 @@ class WorkerGroup:
             raise RuntimeError(f"context-parallel rank failed: {first}") from first
         return replies[0][1]
 
-    def _gather(self, watch: Callable[..., Any] | None) -> list[tuple[Any, ...]]:
-        """One reply per rank, in rank order; a rank that dies fails the group at once."""
+    def _gather(self, watch: Callable[..., Any] | None,
+                calling: bool = True) -> list[tuple[Any, ...]]:
+        """One reply per rank, in rank order; a rank that dies fails the group at once, and
+        during a call (not a load, whose length varies by rank) one that stays silent long
+        after another answered does too."""
         replies: dict[int, tuple[Any, ...]] = {}
+        deadline: float | None = None  # set by the first reply: the others' collective timeout
         by_conn = {id(conn): rank for rank, conn in enumerate(self._conns)}
         sentinels = {p.sentinel: rank for rank, p in enumerate(self._processes)}
         while len(replies) < len(self._conns):
@@ -166,8 +177,14 @@ class WorkerGroup:
                     except (EOFError, OSError):
                         self._died(rank)
             for item in ready:
-                if not isinstance(item, Connection) and sentinels[item] not in replies:
+                if not isinstance(item, Connection):  # a dead rank is a dead group
                     self._died(sentinels[item])
+            if replies and deadline is None and calling:
+                deadline = time.monotonic() + self.choice.timeout_s + STRAGGLER_GRACE_S
+            if deadline is not None and time.monotonic() > deadline:
+                late = [rank for rank in range(len(self._conns)) if rank not in replies]
+                self._fail(f"worker rank {late[0]} did not answer within "
+                           f"{self.choice.timeout_s:.0f} s after rank {min(replies)}")
             if watch is not None and not self._cancel.value:
                 try:
                     watch(None, 0, None, {})
