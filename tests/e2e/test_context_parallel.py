@@ -19,6 +19,7 @@ import psutil
 import pytest
 from harness import batch_of_each_seed, mean_diff, simultaneously, start_backend
 from tiny_image_models import tiny_flux_path
+from tiny_models import tiny_sd_path
 
 import backend_pb2
 
@@ -111,6 +112,14 @@ def test_two_workers_match_one_process_and_a_killed_worker_fails_the_request(ser
     with pytest.raises(grpc.RpcError) as later:
         server.image(tmp_path / "later.png", seed=2)
     assert later.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_pipeline_without_a_plan_loads_in_one_process_on_a_cpu_and_says_so(server):
+    result = server.load(tiny_sd_path(), TensorParallelSize=2)
+    assert result.success, result.message
+    assert "on cpu" in result.message and "worker pids" not in result.message
+    assert ("StableDiffusionPipeline has no context-parallel plan in diffusers and cpu has no "
+            "device map to spread it; loaded in one process") in result.message
 
 
 def test_loadmodel_starts_fresh_workers_and_free_stops_them(server, tmp_path):
