@@ -46,7 +46,9 @@ def load_model(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
         loaded = load_pipeline(replace(spec, tensor_parallel_size=0), settings)
         loaded.warnings.append(choice.warning)
         return loaded
-    return _load_context_parallel(found, settings, choice, device)
+    loaded = _load_context_parallel(found, settings, choice, device)
+    loaded.identity = spec.model  # what requests name: a link stays the link
+    return loaded
 
 
 def _load_context_parallel(spec: LoadSpec, settings: Settings, choice: Choice,
