@@ -27,6 +27,7 @@ Run:
   python bench/bench_gpu.py --arch sdxl --part accel   # acceleration options vs off (below)
   python bench/bench_gpu.py --arch flux --part accel   # Flux.1-dev-size transformer, caches
   python bench/bench_gpu.py --arch sd15 --part continuous  # step-level vs request-level
+  python bench/bench_gpu.py --arch flux --part parallel    # TensorParallelSize 1/2/4/8 GPUs
 
 ``--part accel`` loads the model in-process through the backend's own LoadModel code with
 each acceleration option and compares it with the option off, interleaved (bench_accel.py's
@@ -125,7 +126,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
                         help="interleaved bare/served single-image pairs (default: 9 CUDA, 5 CPU)")
     parser.add_argument("--rounds", type=int,
                         help="Poisson runs per batching mode, alternating (default: 1)")
-    parser.add_argument("--part", choices=("all", "serving", "compile", "accel", "continuous"),
+    parser.add_argument("--part", choices=("all", "serving", "compile", "accel", "continuous",
+                                           "parallel"),
                         default="all",
                         help="serving: everything but compile; compile: only the compile "
                         "comparison (e.g. to stay under a 10-minute job limit)")
@@ -717,6 +719,21 @@ def measure_continuous(cfg: Config, path: Path) -> None:
                 "--requests", "40" if cfg.cuda else "12", "--repeats", str(cfg.repeats)])
 
 
+def measure_parallel(cfg: Config, path: Path) -> None:
+    """TensorParallelSize over 1, 2, 4 and 8 GPUs (as many as are visible): context-parallel
+    workers (NCCL, Ulysses) against one GPU, steps per second (bench_context_parallel.py)."""
+    import torch
+    from bench_context_parallel import measure, print_table
+
+    count = torch.cuda.device_count() if cfg.cuda else 2
+    worlds = [n for n in (1, 2, 4, 8) if n <= count]
+    print(f"\ncontext parallelism ({cfg.arch}, {cfg.px}x{cfg.px}, {cfg.steps} steps, "
+          f"{cfg.repeats} interleaved repeats; {count} GPUs visible)")
+    print_table([])
+    runs = [(world, cfg.threads) for world in worlds]
+    measure(cfg.arch, path, runs, cfg.px, cfg.steps, cfg.repeats, cfg.cuda, cfg.dtype_name)
+
+
 def device_name() -> str:
     import torch
 
@@ -749,6 +766,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         measure_acceleration(cfg, path)
     elif cfg.part == "continuous":
         measure_continuous(cfg, path)
+    elif cfg.part == "parallel":
+        measure_parallel(cfg, path)
     else:
         if cfg.serving:
             measure_serving(cfg, path)

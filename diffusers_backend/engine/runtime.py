@@ -127,12 +127,12 @@ class ModelRuntime:
     def load(self, spec: LoadSpec) -> LoadedPipeline:
         """Load a model and swap it in; on failure the previous model stays loaded."""
         self._wait_for_imports()
-        from diffusers_backend.loading.pipeline_loader import load_pipeline
+        from diffusers_backend.engine.parallel.loader import load_model, stop_workers
         from diffusers_backend.tasks.calls import unaccepted_call_options
 
         with self._load_lock:
             try:
-                loaded = load_pipeline(spec, self.settings)
+                loaded = load_model(spec, self.settings)  # TensorParallelSize: parallel/
                 _drop_unaccepted_options(loaded, unaccepted_call_options(
                     loaded.pipe, loaded.spec.call_options))
             except Exception as exc:
@@ -146,6 +146,7 @@ class ModelRuntime:
                     ) from exc
                 raise
             old = self.engine.swap(loaded)
+            stop_workers(old)
             self._last_load_failed = False
             del old
             self._release_memory()
@@ -153,7 +154,11 @@ class ModelRuntime:
 
     def free(self) -> bool:
         """Drop the model and its variants; waits for a running generation first."""
-        had_model = self.engine.swap(None) is not None
+        from diffusers_backend.engine.parallel.loader import stop_workers
+
+        old = self.engine.swap(None)
+        stop_workers(old)
+        had_model = old is not None
         self._last_load_failed = False
         self._release_memory()
         return had_model

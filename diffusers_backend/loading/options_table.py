@@ -136,6 +136,12 @@ OPTIONS: tuple[Option, ...] = (
            "(as `low_vram`)", _GPU, also=("cpu_offload", "enable_model_cpu_offload")),
     Option("sequential_cpu_offload", _L, "bool", "layer-by-layer offload: leanest, slowest",
            _GPU, also=("enable_sequential_cpu_offload",)),
+    # -- TensorParallelSize >= 2 (engine/parallel/, docs/parallel.md)
+    Option("context_parallel", _L, "`ulysses`, `ring`", "how the context-parallel workers split "
+           "attention (ring: CUDA only)", "with a context-parallel plan",
+           check=_one_of(("ulysses", "ring"))),
+    Option("context_parallel_timeout", _L, "seconds", "how long a worker waits in a collective "
+           "before the request fails (default 120)", "with a context-parallel plan"),
     Option("attention_backend", _L, "string", "`set_attention_backend` of the denoiser "
            "(`native`, `flash`...)", _DENOISER),
     # -- ControlNet input preprocessing (media/control.py)

@@ -385,3 +385,10 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     return LoadedPipeline(pipe=pipe, spec=spec, device=device, dtype_name=dtype_name,
                           load_seconds=elapsed, description=description,
                           warnings=warnings, identity=identity)
+
+
+def find_class(spec: LoadSpec, settings: Settings) -> tuple[LoadSpec, type]:
+    """The spec (a URL model fetched once) and the pipeline class LoadModel would load, before
+    any weights are read (engine/parallel/ picks its mode from the class)."""
+    spec, _ref, cls = _find(spec, settings)
+    return spec, cls
