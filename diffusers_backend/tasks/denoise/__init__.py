@@ -13,14 +13,15 @@ embeddings, call options these loops do not honour) stays with request-level bat
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 from diffusers_backend.loading.acceleration.caches import has_step_cache
 from diffusers_backend.tasks.denoise import sd3, unet
-from diffusers_backend.tasks.denoise.slot import Slot
+from diffusers_backend.tasks.denoise.slot import DenoiseLoop, Slot
 
-LOOPS: tuple[ModuleType, ...] = (unet, sd3)
+# Every family's loop, asked in order (as diffusers' AutoPipeline tables are): a new family
+# is a module satisfying DenoiseLoop, added here (docs/development.md, "Recipes").
+LOOPS: tuple[DenoiseLoop, ...] = (unet, sd3)
 # Schedulers checked to step per request exactly as in the pipeline call (test_denoise.py).
 SUPPORTED_SCHEDULERS = frozenset({
     "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
@@ -29,7 +30,7 @@ SUPPORTED_SCHEDULERS = frozenset({
 })
 
 
-def loop_for(pipe: Any) -> ModuleType | None:
+def loop_for(pipe: Any) -> DenoiseLoop | None:
     """The loop that can denoise for ``pipe`` with its current scheduler, or None."""
     if type(getattr(pipe, "scheduler", None)).__name__ not in SUPPORTED_SCHEDULERS:
         return None
@@ -56,7 +57,12 @@ def step_key(plan: Any) -> tuple | None:
         return None
     if has_step_cache(loaded.pipe):  # a step cache's reuse follows one generation's steps
         return None
-    return ("steps", id(loaded), loop.__name__, plan.width, plan.height)
+    return ("steps", id(loaded), loop_name(loop), plan.width, plan.height)
+
+
+def loop_name(loop: DenoiseLoop) -> str:
+    """The loop's name in keys and logs (its module's name)."""
+    return str(getattr(loop, "__name__", type(loop).__name__))
 
 
 def admit(plan: Any, variants: Any) -> Slot:
@@ -77,8 +83,10 @@ def step_together(pipe: Any, slots: list[Slot]) -> None:
     """One denoising step for every slot (all of one loop and size), one denoiser call."""
     import torch
 
+    loop = slots[0].loop
+    assert loop is not None  # set at admission
     with torch.no_grad():
-        slots[0].loop.step(pipe, slots)
+        loop.step(pipe, slots)
 
 
 def decode(pipe: Any, slot: Slot) -> Any:
@@ -88,6 +96,7 @@ def decode(pipe: Any, slot: Slot) -> Any:
 
     from diffusers_backend.tasks.image import ImageOutput
 
+    assert slot.loop is not None  # set at admission
     with torch.no_grad():
         picture = slot.loop.decode(pipe, slot)
     return picture if slot.facts is None else ImageOutput(picture, slot.facts)

@@ -1,6 +1,6 @@
-"""One request inside a denoising loop the engine owns, and what every family's loop shares:
-classifier-free guidance and the scheduler step on the request's own slice of a batched
-denoiser output."""
+"""One request inside a denoising loop the engine owns, what a family's loop is
+(:class:`DenoiseLoop`), and what every family's loop shares: classifier-free guidance and the
+scheduler step on the request's own slice of a batched denoiser output."""
 
 from __future__ import annotations
 
@@ -8,7 +8,22 @@ import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+
+class DenoiseLoop(Protocol):
+    """A family's denoising loop, taken apart so requests can share steps: a module with
+    these names (``unet``, ``sd3``) satisfies it; ``denoise.LOOPS`` lists them."""
+
+    KEYS: frozenset[str]  # the pipeline call options the loop honours
+
+    def serves(self, pipe: Any) -> bool: ...
+
+    def admit(self, pipe: Any, call: dict[str, Any]) -> Slot: ...
+
+    def step(self, pipe: Any, slots: list[Slot]) -> None: ...
+
+    def decode(self, pipe: Any, slot: Slot) -> Any: ...
 
 
 @dataclass(eq=False)
@@ -26,7 +41,7 @@ class Slot:
     generator: Any
     extra_step: dict = field(default_factory=dict)
     index: int = 0
-    loop: Any = None  # the family's loop module (admit / step / decode), set by admission
+    loop: DenoiseLoop | None = None  # the family's loop, set by admission
     facts: Any = None  # the plan's CallFacts (tasks/image.py), set by admission
 
     @property
