@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from diffusers_backend.errors import Cancelled, InvalidArgument
-from diffusers_backend.registry.signatures import CallSignature, call_signature
-from diffusers_backend.registry.variants import variant_classes
+from diffusers_backend.loading.options_table import accepted_call_keys
+from diffusers_backend.registry.signatures import CallSignature
 from diffusers_backend.settings import Settings
 
 if TYPE_CHECKING:
@@ -48,9 +48,7 @@ def unaccepted_call_options(pipe: Any, options: dict[str, Any]) -> list[str]:
     LocalAI's backend hands every option to the pipeline call, which swallows what it does
     not know; we drop those at load time with a warning instead of passing them on.
     """
-    accepted = set(call_signature(type(pipe)).params)
-    for variant in variant_classes(type(pipe)):
-        accepted |= call_signature(variant).params
+    accepted = accepted_call_keys(type(pipe))
     if "num_frames" in accepted:  # a video model: the frame rate of the file it writes
         accepted |= {"fps", "frame_rate"}
     return sorted(k for k in options if k not in accepted)
