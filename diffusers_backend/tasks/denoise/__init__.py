@@ -56,7 +56,7 @@ def step_key(plan: Any) -> tuple | None:
         return None
     if has_step_cache(loaded.pipe):  # a step cache's reuse follows one generation's steps
         return None
-    return ("steps", id(loaded), loop.__name__, plan.width, plan.height)
+    return ("steps", id(loaded), loop.__name__, plan.width, plan.height, plan.loras.key())
 
 
 def admit(plan: Any, variants: Any) -> Slot:
