@@ -72,6 +72,11 @@ def _steps(key: str, value: Any) -> None:
         raise LoadError(f"option {key} must be a whole number of steps >= 1, got {value!r}")
 
 
+def _count(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LoadError(f"option {key} must be a whole number >= 1, got {value!r}")
+
+
 def _threshold(key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 10:
         raise LoadError(f"option {key} must be a number above 0 (e.g. 0.05), got {value!r}")
@@ -131,6 +136,12 @@ OPTIONS: tuple[Option, ...] = (
            "`control_preprocess:depth`", "ControlNet"),
     Option("canny_low", _L, "number", "Canny low threshold (default 100)", "ControlNet"),
     Option("canny_high", _L, "number", "Canny high threshold (default 200)", "ControlNet"),
+    # -- LoRA per request: <lora:NAME:WEIGHT> prompt tags (tasks/lora_call.py)
+    Option("lora_dir", _L, "folder", "where prompt tags find `NAME.safetensors`, before the "
+           "models folder's `loras/` and the models folder itself (absolute, or under the "
+           "models folder)", "with LoRA support"),
+    Option("lora_cache", _L, "int", "LoRA adapters read for prompt tags kept per model, least "
+           "recently used deleted first (default 8)", "with LoRA support", check=_count),
     # -- speed (loading/acceleration/compile.py)
     Option("compile", _L, "bool", "`torch.compile` the denoiser, warmed up inside LoadModel",
            _DENOISER, check=_bool),
