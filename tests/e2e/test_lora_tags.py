@@ -158,3 +158,24 @@ def test_cache_hits_misses_and_loads_are_metrics(server, tmp_path):
     assert after["diffusers_lora_cache_misses_total"] == before["diffusers_lora_cache_misses_total"]
     assert after["diffusers_lora_cache_loads_total"] >= 1
     assert after["diffusers_lora_cache_adapters"] >= 1
+
+
+def test_on_a_compiled_denoiser_tags_give_the_eager_pictures(server, tiny_sd, models, tmp_path):
+    """The documented fallback (no hot-swap): tags on a ``compile:true`` model go through the
+    same adapters; dynamo recompiles for a new adapter set, and the pictures stay right.
+    ``compile_backend:eager`` runs dynamo's graph capture and guards without inductor's
+    minutes of kernel compilation on this CPU."""
+    prompts = ["a red cube <lora:pixel-art:0.8>", "a red cube"]
+    for index, prompt in enumerate(prompts):
+        _image(server, tmp_path / f"eager-{index}.png", prompt)
+    try:
+        load_ok(server, tiny_sd, ModelPath=str(models / "models"),
+                Options=[f"lora_dir:{models / 'extra'}", "compile:true", "compile_backend:eager",
+                         "width:64", "height:64"])
+        for index, prompt in enumerate(prompts):
+            _image(server, tmp_path / f"compiled-{index}.png", prompt)
+    finally:
+        load_ok(server, tiny_sd, ModelPath=str(models / "models"),
+                Options=[f"lora_dir:{models / 'extra'}"])
+    for index in range(len(prompts)):
+        assert same(tmp_path / f"eager-{index}.png", tmp_path / f"compiled-{index}.png"), index

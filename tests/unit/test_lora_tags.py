@@ -96,16 +96,18 @@ def loaded(tiny_sd, tmp_path_factory):
     runtime.close()
 
 
-def _plan(loaded, prompt, settings=None, **job):
+def _plan(loaded, prompt, settings=None):
     from diffusers_backend.settings import Settings
     from diffusers_backend.tasks.image import plan_image
     from diffusers_backend.tasks.jobs import ImageJob
 
     settings = settings or Settings(idle_release_s=0)
+    dst = str(loaded.spec.model_path) + "/out.png"
     return plan_image(loaded, ImageJob(prompt=prompt, steps=2, seed=5, width=64, height=64,
-                                       **job), settings)
+                                       dst=dst), settings)
 
 
+@pytest.mark.slow
 def test_the_lora_set_is_part_of_the_batch_and_step_keys(loaded):
     from diffusers_backend.tasks.denoise import step_key
 
@@ -120,6 +122,7 @@ def test_the_lora_set_is_part_of_the_batch_and_step_keys(loaded):
         assert step_key(art) == step_key(art2) != step_key(plain)
 
 
+@pytest.mark.slow
 def test_with_prompt_weighting_the_text_encoder_never_sees_the_tag(loaded, single_torch_thread):
     from diffusers_backend.engine.engine import Variants
     from diffusers_backend.settings import Settings
