@@ -97,8 +97,8 @@ def main() -> None:
     for index in range(args.switches):
         name = names[index % 2]
         started = time.perf_counter()
-        reloaded = runtime.load(LoadSpec(model=sd, lora_adapter=str(folder / f"{name}.safetensors"),
-                                         lora_scale=0.8))
+        reloaded = runtime.load(LoadSpec(model=sd, model_path=str(folder),
+                                         lora_adapter=f"{name}.safetensors", lora_scale=0.8))
         reload_s.append(time.perf_counter() - started)
         if index < 3:
             started = time.perf_counter()
