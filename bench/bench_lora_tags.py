@@ -11,7 +11,7 @@ on this thread (what the pipeline thread does, without gRPC):
 
 Run:
   .venv/bin/python bench/bench_lora_tags.py                 # defaults below
-  .venv/bin/python bench/bench_lora_tags.py --switches 20 --requests 60 --steps 4
+  .venv/bin/python bench/bench_lora_tags.py --switches 20 --requests 60 --steps 8
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ def _pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--switches", type=int, default=12, help="alternations per method")
-    parser.add_argument("--requests", type=int, default=36, help="requests per stream")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--switches", type=int, default=8, help="alternations per method")
+    parser.add_argument("--requests", type=int, default=24, help="requests per stream")
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
 
@@ -133,6 +133,8 @@ def main() -> None:
                 else:
                     prompt = f"a cube <lora:{names[index % 3]}:0.8>"
                 streams[label].append(generate(tagged, prompt, seed=index))
+        print(f"   ... {min(start + block, args.requests)}/{args.requests} requests per stream",
+              flush=True)
     print(f"\n2. request streams, {args.requests} requests each, blocks of {block} interleaved "
           f"(adapters cached: {STATS.hits - hits_before} hits, {STATS.misses} misses in all)")
     print("   stream                 img/s    p50 ms    p99 ms   vs one LoRA")

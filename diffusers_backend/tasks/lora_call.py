@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffusers_backend.errors import InvalidArgument
+from diffusers_backend.errors import InvalidArgument, short_message
 from diffusers_backend.loading import lora_cache, lora_library, weight_guard
 from diffusers_backend.loading.adapters import lora_plan
 from diffusers_backend.prompts import lora_tags
@@ -113,7 +113,12 @@ def applied(loaded: Any, loras: LoraSet, safetensors_only: bool) -> Iterator[Non
             active[adapter] = use.weight
         cache.evict(pipe, set(active))
         names = [name for name, weight in active.items() if weight != 0]
-        _activate(pipe, names, [active[name] for name in names])
+        try:
+            _activate(pipe, names, [active[name] for name in names])
+        except Exception as exc:  # noqa: BLE001 - e.g. a LoRA for a component the model lacks
+            shown = ", ".join(f"{use.name}:{use.weight:g}" for use in loras.uses)
+            raise InvalidArgument(f"the LoRA set {shown} cannot be applied to the loaded "
+                                  f"{type(pipe).__name__}: {short_message(exc)}") from None
         yield
     finally:
         _activate(pipe, [name for name, _, _ in base], [scale for _, scale, _ in base])

@@ -16,7 +16,7 @@ import pytest
 from features_support import load_ok, rpc_error
 from harness import free_port, mean_diff, same, simultaneously, start_backend
 from prometheus_client.parser import text_string_to_metric_families
-from tiny_models import tiny_lora2_path, tiny_lora_path
+from tiny_models import tiny_controlnet_path, tiny_lora2_path, tiny_lora_path
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,8 @@ def models(tmp_path_factory):
     shutil.copy(tiny_lora_path(), root / "models" / "loras" / "pixel-art.safetensors")
     shutil.copy(tiny_lora2_path(), root / "models" / "loras" / "pixel-arc.safetensors")
     shutil.copy(tiny_lora2_path(), root / "extra" / "detail.safetensors")
+    not_a_lora = tiny_controlnet_path() / "diffusion_pytorch_model.safetensors"
+    shutil.copy(not_a_lora, root / "extra" / "zz-not-a-lora.safetensors")
     return root
 
 
@@ -97,6 +99,17 @@ def test_malformed_tags_are_invalid_argument_saying_which(server, tmp_path, prom
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert said in error.details()
     assert "Traceback" not in error.details()
+
+
+def test_a_file_that_is_no_lora_for_this_model_is_invalid_argument(server, tmp_path):
+    error = rpc_error(lambda: server.image(tmp_path / "x.png",
+                                           positive_prompt="a cube <lora:zz-not-a-lora:1>"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "zz-not-a-lora" in error.details() and "cannot be applied" in error.details()
+    assert not (tmp_path / "x.png").exists()
+    _image(server, tmp_path / "plain.png", "a red cube")
+    _image(server, tmp_path / "tag.png", "a red cube <lora:pixel-art:0.8>")
+    assert mean_diff(tmp_path / "plain.png", tmp_path / "tag.png") > 1
 
 
 def test_tags_in_the_negative_prompt_are_refused(server, tmp_path):
