@@ -68,7 +68,6 @@ def test_tag_weight_zero_and_tag_free_after_a_tag(server, tmp_path):
 def test_tags_combine_and_the_lora_dir_folder_is_searched(server, tmp_path):
     _image(server, tmp_path / "one.png", "a red cube <lora:pixel-art:0.8>")
     _image(server, tmp_path / "two.png", "a red cube <lora:pixel-art:0.8> <lora:detail:-0.5>")
-    _image(server, tmp_path / "default.png", "a red cube <lora:detail>")
     _image(server, tmp_path / "one-again.png", "a red cube <lora:pixel-art:0.8>")
     assert mean_diff(tmp_path / "one.png", tmp_path / "two.png") > 0.5
     assert same(tmp_path / "one.png", tmp_path / "one-again.png")
