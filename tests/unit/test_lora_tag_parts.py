@@ -5,6 +5,7 @@ The last test runs the tiny SD with prompt weighting on (COMPEL=1)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -142,3 +143,34 @@ def test_with_prompt_weighting_the_text_encoder_never_sees_the_tag(loaded, singl
     assert np.abs(tagged - plain).mean() > 1
     assert (picture("a (red)++ cube") == plain).all()
     assert _plan(loaded, "<lora:art> a (red)++ cube", compel).prompt == "a (red)++ cube"
+
+
+@pytest.mark.slow
+def test_video_prompts_take_the_same_tags(tmp_path):
+    """On the tiny Wan (a family with diffusers' Wan LoRA loader): tags are parsed, resolved
+    and stripped in the video plan as in an image plan. Only the plan: no tiny Wan LoRA is
+    built here, so the adapters' effect on a video is not checked."""
+    from tiny_models import tiny_lora2_path
+    from tiny_video_models import tiny_wan_path
+
+    from diffusers_backend.engine.runtime import ModelRuntime
+    from diffusers_backend.settings import Settings
+    from diffusers_backend.tasks.jobs import VideoJob
+    from diffusers_backend.tasks.video import plan_video
+
+    shutil.copy(tiny_lora2_path(), tmp_path / "motion.safetensors")
+    settings = Settings(idle_release_s=0)
+    runtime = ModelRuntime(settings)
+    try:
+        loaded = runtime.load(LoadSpec(model=str(tiny_wan_path()), model_path=str(tmp_path)))
+        job = VideoJob(prompt="a cat <lora:motion:0> walking", dst=str(tmp_path / "v.mp4"),
+                       num_frames=5, steps=2, width=32, height=32)
+        plan = plan_video(loaded, job, settings)
+        assert plan.prompt == "a cat walking" and not plan.loras
+        with pytest.raises(NotFound, match="available: motion"):
+            plan_video(loaded, dataclasses.replace(job, prompt="a cat <lora:motoin>"), settings)
+        with pytest.raises(InvalidArgument, match="positive prompt only"):
+            plan_video(loaded, dataclasses.replace(job, negative_prompt="<lora:motion>"),
+                       settings)
+    finally:
+        runtime.close()
