@@ -22,6 +22,7 @@ from diffusers_backend.engine.tickets import Ticket, waited_its_turn
 from diffusers_backend.errors import Cancelled, is_out_of_memory
 from diffusers_backend.tasks import denoise
 from diffusers_backend.tasks.denoise.slot import Slot
+from diffusers_backend.tasks.lora_call import applied
 
 if TYPE_CHECKING:
     from diffusers_backend.tasks.image import ImagePlan
@@ -76,6 +77,14 @@ class StepLoop:
         """Run until no request is left; an unexpected error fails every active request."""
         self.pixels = plan.pixels
         try:
+            with applied(plan.loaded, plan.loras, plan.settings.safetensors_only):
+                self._run(first, plan)
+        finally:
+            timings.loop_drained(type(self.pipe).__name__, self.served)
+
+    def _run(self, first: Ticket, plan: ImagePlan) -> None:
+        """The loop itself; its members share ``plan``'s LoRA set (the step key holds it)."""
+        try:
             self._admit(first, plan)
             self._admit_joiners()
             while self.active:
@@ -90,8 +99,6 @@ class StepLoop:
                 if not member.ticket.done.is_set():
                     member.ticket.finish(error=exc)
             raise
-        finally:
-            timings.loop_drained(type(self.pipe).__name__, self.served)
 
     # -- admission --------------------------------------------------------------------------
     def _admit(self, ticket: Ticket, plan: ImagePlan) -> None:

@@ -85,6 +85,11 @@ def _steps(key: str, value: Any) -> None:
         raise LoadError(f"option {key} must be a whole number of steps >= 1, got {value!r}")
 
 
+def _count(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LoadError(f"option {key} must be a whole number >= 1, got {value!r}")
+
+
 def _threshold(key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 10:
         raise LoadError(f"option {key} must be a number above 0 (e.g. 0.05), got {value!r}")
@@ -159,6 +164,12 @@ OPTIONS: tuple[Option, ...] = (
            "`image_encoder` beside the file)", _IP_ADAPTER, path="weights"),
     Option("ip_adapter_scale", _L, "number", "the adapter's strength when a reference is "
            "sent (default 1.0; 0 without one)", _IP_ADAPTER, check=_number),
+    # -- LoRA per request: <lora:NAME:WEIGHT> prompt tags (tasks/lora_call.py)
+    Option("lora_dir", _L, "folder", "where prompt tags find `NAME.safetensors`, before the "
+           "models folder's `loras/` and the models folder itself (absolute, or under the "
+           "models folder)", "with LoRA support", path="weights"),
+    Option("lora_cache", _L, "int", "LoRA adapters read for prompt tags kept per model, least "
+           "recently used deleted first (default 8)", "with LoRA support", check=_count),
     # -- speed (loading/acceleration/compile.py)
     Option("compile", _L, "bool", "`torch.compile` the denoiser, warmed up inside LoadModel",
            _DENOISER, check=_bool),

@@ -20,6 +20,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from diffusers_backend.engine.timings import RequestTimings
+from diffusers_backend.serving.lora_metrics import LoraCacheCollector
 from diffusers_backend.serving.metrics_http import MetricsHttpServer, listen
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class Metrics:
                                       "Time of one denoising step of a step-level batch",
                                       buckets=STEP_SECONDS, registry=reg)
         ProcessCollector(registry=reg)  # the standard process_* series (Linux)
+        reg.register(LoraCacheCollector())  # prompt-tag LoRA adapters (serving/lora_metrics)
 
     def watch_runtime(self, memory: MemoryReader, state: Callable[[], int]) -> None:
         """Report memory and state of the runtime at each scrape."""

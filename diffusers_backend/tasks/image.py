@@ -40,6 +40,7 @@ from diffusers_backend.tasks.calls import (
     steps_or_default,
 )
 from diffusers_backend.tasks.jobs import ImageJob
+from diffusers_backend.tasks.lora_call import NO_LORAS, LoraSet, applied, plan_loras
 
 _PER_ITEM_KEYS = ("prompt", "negative_prompt", "generator")
 # LocalAI's backend gives FluxPipeline calls a 256-token T5 prompt (diffusers: 512); an
@@ -101,6 +102,8 @@ class ImagePlan:
     negative: str
     note: str
     inputs: _Inputs = field(default_factory=_Inputs)
+    prompt: str | None = None  # the prompt without its LoRA tags (None: the job's)
+    loras: LoraSet = NO_LORAS  # the prompt's <lora:...> tags, on for this plan's call only
 
     @property
     def pixels(self) -> int:
@@ -122,22 +125,24 @@ class ImagePlan:
         if ip_adapter.is_loaded(self.loaded.pipe):  # its scale and image are per call
             return None
         return (id(self.loaded), self.width, self.height, self.steps, self.clip_skip,
-                bool(self.negative))
+                bool(self.negative), self.loras.key())
 
     # -- pipeline thread ---------------------------------------------------------------
     @staticmethod
     def run(batch: list[ImagePlan], variants: Any, is_cancelled: IsCancelled) -> list[Any]:
         """One pipeline call for plans of equal batch keys (or one plan); one image each."""
-        calls = [plan.build_call(variants) for plan in batch]
-        pipe, call, _ = calls[0]
-        call = dict(call)
-        if len(batch) > 1:
-            for key in _PER_ITEM_KEYS:
-                if key in call:
-                    call[key] = [item_call[key] for _, item_call, _ in calls]
-        if call_signature(type(pipe)).accepts("callback_on_step_end"):
-            call["callback_on_step_end"] = cancel_callback(is_cancelled)
-        images = pipe(**call).images
+        first = batch[0]  # a batch shares its LoRA set (batch_key)
+        with applied(first.loaded, first.loras, first.settings.safetensors_only):
+            calls = [plan.build_call(variants) for plan in batch]
+            pipe, call, _ = calls[0]
+            call = dict(call)
+            if len(batch) > 1:
+                for key in _PER_ITEM_KEYS:
+                    if key in call:
+                        call[key] = [item_call[key] for _, item_call, _ in calls]
+            if call_signature(type(pipe)).accepts("callback_on_step_end"):
+                call["callback_on_step_end"] = cancel_callback(is_cancelled)
+            images = pipe(**call).images
         return [ImageOutput(image, facts)
                 for image, (_, _, facts) in zip(images[: len(batch)], calls, strict=True)]
 
@@ -160,7 +165,8 @@ class ImagePlan:
                 image_kwargs["image"] = _resized(image_kwargs["image"], width, height)
         kwargs.update(image_kwargs)
         kwargs.update(prompts.build_prompt_kwargs(
-            pipe, self.job.prompt, self.negative, use_compel=self.settings.compel,
+            pipe, self.job.prompt if self.prompt is None else self.prompt, self.negative,
+            use_compel=self.settings.compel,
             sd_embed=self.settings.sd_embed, clip_skip=self.clip_skip,
             clip_skip_enabled=self.settings.clip_skip_enabled))
         kwargs.update(num_inference_steps=self.steps, generator=make_generator(self.seed))
@@ -198,6 +204,9 @@ class ImagePlan:
             parts.append(f"inpainted with {facts.pipeline}")
         elif inputs.image is not None:
             parts.append(f"from the input image with {facts.pipeline}")
+        if self.loras:
+            parts.append("LoRA " + ", ".join(f"{use.name}:{use.weight:g}"
+                                              for use in self.loras.uses))
         if facts.note:
             parts.append(facts.note)
         return "; ".join(parts)
@@ -217,12 +226,14 @@ def plan_image(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> Ima
     media.check_output_path(job.dst)
     inputs = _open_inputs(loaded, job, settings)
     steps = steps_or_default(job.steps, loaded)
+    prompt, loras = plan_loras(loaded, job.prompt, job.negative_prompt, settings.safetensors_only)
     return ImagePlan(
         job=job, loaded=loaded, settings=settings, width=width, height=height, steps=steps,
         seed=pick_seed(job.seed),
         clip_skip=prompts.effective_clip_skip(job.clip_skip, loaded.spec.clip_skip),
         negative=job.negative_prompt,
-        note="; ".join(x for x in (note, inputs.note) if x), inputs=inputs)
+        note="; ".join(x for x in (note, inputs.note) if x), inputs=inputs,
+        prompt=prompt, loras=loras)
 
 
 def _open_inputs(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> _Inputs:

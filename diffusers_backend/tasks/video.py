@@ -27,6 +27,7 @@ from diffusers_backend.tasks.calls import (
     size_multiple,
 )
 from diffusers_backend.tasks.jobs import ImageJob, VideoJob
+from diffusers_backend.tasks.lora_call import NO_LORAS, LoraSet, applied, plan_loras
 from diffusers_backend.tasks.video_defaults import video_defaults
 from diffusers_backend.tasks.video_params import video_params
 
@@ -81,6 +82,8 @@ class VideoPlan:
     guidance: float | None  # None: the pipeline's own (it has no guidance_scale)
     start: Any = None
     end: Any = None
+    prompt: str | None = None  # the prompt without its LoRA tags (None: the job's)
+    loras: LoraSet = NO_LORAS  # the prompt's <lora:...> tags, on for this plan's call only
 
     pixels = 0  # never batched
 
@@ -103,7 +106,8 @@ class VideoPlan:
             kwargs["last_image"] = plan.end
         job = plan.job
         if sig.accepts("prompt"):
-            kwargs.update(prompts.build_prompt_kwargs(pipe, job.prompt, job.negative_prompt,
+            prompt = job.prompt if plan.prompt is None else plan.prompt
+            kwargs.update(prompts.build_prompt_kwargs(pipe, prompt, job.negative_prompt,
                                                       use_compel=False, clip_skip=0))
         if plan.guidance is not None:
             # SVD-style pipelines ramp guidance between a min and a max instead.
@@ -121,7 +125,8 @@ class VideoPlan:
         if sig.accepts("callback_on_step_end"):
             kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)
         kwargs.update(plan.params)
-        result = pipe(**accepted_kwargs(kwargs, sig))
+        with applied(plan.loaded, plan.loras, plan.settings.safetensors_only):
+            result = pipe(**accepted_kwargs(kwargs, sig))
         audio = getattr(result, "audio", None)
         if audio is not None and len(audio):
             audio = audio[0]  # one prompt: its waveform, (channels, samples)
@@ -188,10 +193,11 @@ def plan_video(loaded: LoadedPipeline, job: VideoJob, settings: Settings) -> Vid
     frames = job.num_frames or option_int(loaded, "num_frames") or settings.frames or own.frames
     fps = (job.fps or option_int(loaded, "fps") or option_int(loaded, "frame_rate")
            or settings.fps or own.fps)
+    prompt, loras = plan_loras(loaded, job.prompt, job.negative_prompt, settings.safetensors_only)
     return VideoPlan(job=job, loaded=loaded, settings=settings, frames=frames, fps=fps,
                      steps=steps, seed=pick_seed(job.seed), width=width, height=height,
                      note=note, params=params.values, guidance=_guidance(job, loaded, sig),
-                     start=start, end=end)
+                     start=start, end=end, prompt=prompt, loras=loras)
 
 
 def _guidance(job: VideoJob, loaded: LoadedPipeline, sig: CallSignature) -> float | None:

@@ -57,7 +57,8 @@ def step_key(plan: Any) -> tuple | None:
         return None
     if has_step_cache(loaded.pipe):  # a step cache's reuse follows one generation's steps
         return None
-    return ("steps", id(loaded), loop_name(loop), plan.width, plan.height)
+    return ("steps", id(loaded), loop_name(loop), plan.width, plan.height,
+            plan.loras.key())
 
 
 def loop_name(loop: DenoiseLoop) -> str:
