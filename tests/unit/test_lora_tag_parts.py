@@ -74,13 +74,12 @@ def test_names_come_from_lora_dir_then_loras_then_the_models_folder(folders):
 def test_lora_folders_are_confined(folders):
     spec = LoadSpec(model="m", model_path=str(folders / "models"),
                     options={"lora_dir": "/etc"})
-    before = path_guard.allowed_roots()
     path_guard.set_allowed_roots([str(folders)])
     try:
         with pytest.raises(PermissionDenied, match="LoRA folder /etc"):
             lora_library.available(spec)
     finally:
-        path_guard.set_allowed_roots(before)
+        path_guard.set_allowed_roots([])
 
 
 @pytest.fixture(scope="module")
