@@ -16,6 +16,7 @@ from dataclasses import replace
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from diffusers_backend.engine.admission import admit
 from diffusers_backend.engine.engine import Engine, Plan
 from diffusers_backend.errors import (
     FailedPrecondition,
@@ -62,6 +63,22 @@ def release_memory() -> None:
     mps = getattr(torch, "mps", None)
     if mps is not None and torch.backends.mps.is_available():
         mps.empty_cache()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc): after a huge request on
+    the CPU, resident memory returns to where it was instead of staying at its peak."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _drop_unaccepted_options(loaded: LoadedPipeline, unknown: list[str]) -> None:
@@ -134,6 +151,7 @@ class ModelRuntime:
                 loaded = load_pipeline(spec, self.settings)
                 _drop_unaccepted_options(loaded, unaccepted_call_options(
                     loaded.pipe, loaded.spec.call_options))
+                self._prepare_admission(loaded)
             except Exception as exc:
                 with self._state_lock:
                     self._last_load_failed = self.engine.loaded is None
@@ -149,6 +167,16 @@ class ModelRuntime:
             del old
             self._release_memory()
             return loaded
+
+    def _prepare_admission(self, loaded: LoadedPipeline) -> None:
+        """Checks between blocks (cancellation inside a step) and the timing of each call,
+        then a warm-up step so admission has a rate (engine/admission.py)."""
+        from diffusers_backend.engine.block_checks import install
+        from diffusers_backend.engine.warmup import warm_up
+
+        install(loaded.pipe)
+        if self.settings.warmup:
+            warm_up(loaded)
 
     def free(self) -> bool:
         """Drop the model and its variants; waits for a running generation first."""
@@ -181,6 +209,7 @@ class ModelRuntime:
                 if loaded is None:
                     raise FailedPrecondition("no model is loaded: call LoadModel first")
                 plan = make_plan(loaded)
+                admit(plan, is_cancelled, self.settings)
                 return self.engine.submit(plan, is_cancelled, arrival, replan=make_plan)
         finally:
             with self._state_lock:
