@@ -7,8 +7,8 @@ decode likewise (its convolutions at every up level, the mid block's attention o
 latent tokens). The block hooks (``block_checks``) time every denoiser and decoder call and
 record seconds per unit here, per loaded model; the estimate of a request is its steps x
 its denoiser call's units + its decode's units, at the lowest rate of the recent calls (so
-it errs short: a refusal must be sure; bench/README.md has its measured error). Before anything is measured (the first
-request after a load), the load's warm-up call (``engine.warmup``) has measured one.
+it errs short: a refusal must be sure; bench/README.md has its measured error). Before the
+first request after a load, the load's warm-up calls (``engine.warmup``) were measured.
 
 A request whose estimate exceeds its client's remaining deadline is DEADLINE_EXCEEDED at
 once, saying the estimate; one whose memory estimate (activations at the widest level, the

@@ -2,13 +2,14 @@
 
 Between steps the pipeline's callback already stops a cancelled request; one step of a huge
 picture, or its VAE decode, can still run for minutes. So at load, forward pre-hooks go on
-the blocks of the denoiser (UNet down/mid/up blocks, transformer blocks) and of the VAE
-decoder: each checks the probe of the call running on this thread (set by the engine around
-a pipeline call or a shared step with :func:`watching`) and raises :class:`Cancelled`, which
-the engine already answers. No probe set (warm-up, benchmarks, other threads): the hook
-returns at once. A hook on the denoiser and decoder themselves times each call and records
-it in the model's :class:`~diffusers_backend.engine.admission.CostBook`, from which
-admission estimates what a request will take.
+the blocks of the denoiser (UNet down/mid/up blocks and the resnets and attentions in them,
+transformer blocks) and of the VAE decoder. Each checks the probe of the call running on
+this thread (set by the engine around a pipeline call or a shared step, :func:`watching`)
+and raises :class:`Cancelled`, which the engine already answers. With no probe set
+(warm-up, benchmarks, other threads) a hook returns at once. A hook pair on the denoiser
+and the decoder themselves times each call and records it in the model's
+:class:`~diffusers_backend.engine.admission.CostBook`, from which admission estimates what a
+request will take.
 
 Compiled blocks get no hook (a Python check inside a compiled graph would break it).
 """
@@ -28,8 +29,7 @@ from diffusers_backend.errors import Cancelled
 log = logging.getLogger(__name__)
 IsCancelled = Callable[[], bool]
 DENOISERS = ("unet", "transformer", "transformer_2", "prior")
-BLOCK_LISTS = ("down_blocks", "up_blocks", "transformer_blocks", "single_transformer_blocks",
-               "blocks", "layers")
+SMALL = frozenset({"to_out", "net", "norms", "proj_out_list"})  # lists inside one layer
 _MARK = "_diffusers_backend_block_checks"
 _local = threading.local()
 
@@ -57,13 +57,16 @@ def _compiled(module: Any) -> bool:
 
 
 def _blocks(model: Any) -> list[Any]:
-    """The blocks a check goes before: every member of the model's block lists, and its
-    mid block."""
+    """The modules a check goes before: every member of every block list in the model (the
+    UNet's down/up blocks and, inside them, their resnets, attentions and transformer
+    blocks; a transformer's blocks), and its mid block. A layer's own small lists
+    (``to_out``, a feed-forward's ``net``) are left alone."""
+    import torch
+
     found: list[Any] = []
-    for name in BLOCK_LISTS:
-        blocks = getattr(model, name, None)
-        if blocks is not None and hasattr(blocks, "__iter__"):
-            found.extend(blocks)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] not in SMALL:
+            found.extend(module)
     mid = getattr(model, "mid_block", None)
     if mid is not None:
         found.append(mid)

@@ -131,6 +131,10 @@ class ModelRuntime:
         else:
             gc.collect()
 
+    def busy(self) -> bool:
+        """A generation or a load is in progress."""
+        return self._busy > 0 or self._load_lock.locked()
+
     def close(self) -> None:
         """Refuse new work (shutdown); running work finishes."""
         self._closing = True
