@@ -32,7 +32,7 @@ from diffusers_backend.tasks.side_limit import native_side
 
 Shape = tuple[int, ...]
 KEPT = 16  # recent calls remembered per kind
-ACTIVATIONS = 8  # live tensors of the widest level during a denoiser call
+ACTIVATIONS = 6  # live tensors of the widest level during a denoiser call (measured: ~6)
 DECODE_TENSORS = 4  # live full-resolution tensors during the VAE's last up block
 CFG_DEFAULT = 7.0
 
@@ -108,16 +108,19 @@ def call_units(model: Any, batch: int, tokens: float) -> float:
     return batch * (12 * tokens * width**2 + 2 * tokens * tokens * width)
 
 
-def decode_units(decoder: Any, latent_tokens: float) -> float:
+def decoder_widths(vae: Any) -> list[int]:
+    """Channel widths of the VAE's levels (its config's ``block_out_channels``; the SD VAE's
+    when it names none)."""
+    widths = getattr(_config(vae), "block_out_channels", None) or (128, 256, 512, 512)
+    return [int(w) for w in widths]
+
+
+def decode_units(widths: list[int], latent_tokens: float) -> float:
     """Cost units of decoding one picture of ``latent_tokens`` latent positions."""
-    widths = list(getattr(_config(decoder), "block_out_channels", ()) or ())
-    if not widths:
-        up = getattr(decoder, "up_blocks", None) or []
-        widths = [512] * max(1, len(up))
-    top = int(widths[-1])
+    top = widths[-1]
     total = 18.0 * latent_tokens * top**2 + 2 * latent_tokens**2 * top  # mid block
     for j, width in enumerate(reversed(widths)):
-        total += 3 * 18 * latent_tokens * 4**j * int(width) ** 2
+        total += 3 * 18 * latent_tokens * 4**j * width**2
     return total
 
 
@@ -150,11 +153,14 @@ def denoiser_units(model: Any) -> Callable[[Shape], float]:
     return units
 
 
-def decoder_units(decoder: Any) -> Callable[[Shape], float]:
+def decoder_units(vae: Any) -> Callable[[Shape], float]:
+    """The units of a VAE decoder call, read from the shape of its latent input."""
+    widths = decoder_widths(vae)
+
     def units(shape: Shape) -> float:
         if len(shape) != 4:
             return 0.0
-        return shape[0] * decode_units(decoder, shape[2] * shape[3])
+        return shape[0] * decode_units(widths, shape[2] * shape[3])
 
     return units
 
@@ -222,14 +228,15 @@ def estimate(loaded: Any, width: int, height: int, steps: int) -> Estimate | Non
     factor = _vae_factor(pipe)
     latent_tokens = (width // factor) * (height // factor)
     batch = _cfg_batch(loaded)
-    decoder = getattr(getattr(pipe, "vae", None), "decoder", None)
+    vae = getattr(pipe, "vae", None)
+    decoder = getattr(vae, "decoder", None)
     book = costs_of(pipe)
     den_rate, dec_rate = book.rate("denoiser"), book.rate("decoder")
     seconds = None
     if den_rate is not None:
         seconds = max(1, steps) * den_rate * call_units(model, batch, tokens)
         if decoder is not None and dec_rate is not None:
-            seconds += dec_rate * decode_units(decoder, latent_tokens)
+            seconds += dec_rate * decode_units(decoder_widths(vae), latent_tokens)
     value = _bytes_per_value(model)
     memory = 0
     levels = _unet_levels(_config(model)) if hasattr(_config(model), "block_out_channels") \
@@ -241,8 +248,8 @@ def estimate(loaded: Any, width: int, height: int, steps: int) -> Estimate | Non
             level += batch * _heads(model) * n * n * value
         memory = max(memory, int(level))
     if decoder is not None:
-        widths = list(getattr(_config(decoder), "block_out_channels", ()) or (128,))
-        memory = max(memory, DECODE_TENSORS * width * height * int(widths[0]) * value)
+        top = decoder_widths(vae)[0]  # the width at full resolution
+        memory = max(memory, DECODE_TENSORS * width * height * top * value)
     return Estimate(seconds, memory)
 
 

@@ -120,7 +120,7 @@ def install(pipe: Any) -> CostBook:
     if decoder is not None and hasattr(decoder, "modules") and not getattr(decoder, _MARK, False):
         _hook_blocks(decoder)
         if not _compiled(decoder):
-            before, after = _timer(book, "decoder", decoder_units(decoder))
+            before, after = _timer(book, "decoder", decoder_units(vae))
             decoder.register_forward_pre_hook(before, with_kwargs=True)
             decoder.register_forward_hook(after, with_kwargs=True)
         object.__setattr__(decoder, _MARK, True)

@@ -314,6 +314,7 @@ class Engine:
                 outputs = type(plans[0]).run(plans, variants, all_cancelled)
         except Exception as exc:  # noqa: BLE001 - handed to the requests' threads
             if isinstance(exc, Cancelled):  # what the abandoned call held goes back now
+                exc.with_traceback(None)  # its frames hold the call's tensors
                 self._release_memory()
             if is_out_of_memory(exc):
                 log.warning("out of memory; freeing cached memory before the next request")

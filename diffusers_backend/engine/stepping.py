@@ -136,6 +136,7 @@ class StepLoop:
 
     def _step_failed(self, exc: Exception) -> None:
         if isinstance(exc, Cancelled):  # every member gone: what the step held goes back
+            exc.with_traceback(None)  # its frames hold the step's tensors
             self.engine._release_memory()
         if not is_out_of_memory(exc):
             for member in self.active:
