@@ -13,12 +13,16 @@ from typing import Any
 
 from diffusers_backend.errors import InvalidArgument
 from diffusers_backend.prompts.clip_skip import (
-    _is_clip_text_encoder,
     call_parameters,
     prompt_family,
 )
 
 ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def _is_clip(encoder: Any) -> bool:
+    model_type = getattr(getattr(encoder, "config", None), "model_type", "")
+    return model_type == "clip_text_model" or type(encoder).__name__.startswith("CLIPText")
 
 
 def check_clip_skip_limit(pipe: Any, clip_skip: int, enabled: bool = True) -> None:
@@ -28,7 +32,7 @@ def check_clip_skip_limit(pipe: Any, clip_skip: int, enabled: bool = True) -> No
     one_back = prompt_family(pipe, call_parameters(pipe)) == "sd"  # -(n + 1), else -(n + 2)
     for name in ENCODERS:
         encoder = getattr(pipe, name, None)
-        if not _is_clip_text_encoder(encoder):
+        if encoder is None or not _is_clip(encoder):
             continue
         layers = getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
         if not isinstance(layers, int):
