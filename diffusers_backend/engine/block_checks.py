@@ -56,7 +56,7 @@ def _compiled(module: Any) -> bool:
             or hasattr(module, "_orig_mod"))
 
 
-def _blocks(model: Any) -> list[Any]:
+def checked_blocks(model: Any) -> list[Any]:
     """The modules a check goes before: every member of every block list in the model (the
     UNet's down/up blocks and, inside them, their resnets, attentions and transformer
     blocks; a transformer's blocks), and its mid block. A layer's own small lists
@@ -75,7 +75,7 @@ def _blocks(model: Any) -> list[Any]:
 
 def _hook_blocks(model: Any) -> int:
     hooked = 0
-    for block in _blocks(model):
+    for block in checked_blocks(model):
         if not _compiled(block):
             block.register_forward_pre_hook(_check)
             hooked += 1
