@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from diffusers_backend.engine import timings
+from diffusers_backend.engine.admission import costs_of
 
 log = logging.getLogger(__name__)
 WARMUP_CALLS = 2
@@ -47,4 +48,5 @@ def warm_up(loaded: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - a warm-up never fails a load
         log.info("warm-up step of %s skipped: %s", type(pipe).__name__, exc)
         return
+    costs_of(pipe).warmed_up()
     log.debug("warm-up step at %dx%d in %.2fs", side, side, timings.now() - started)

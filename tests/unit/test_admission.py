@@ -75,6 +75,7 @@ def test_the_load_measures_a_rate_before_the_first_request(runtime):
     small = admission.estimate(runtime.engine.loaded, 64, 64, 2)
     large = admission.estimate(runtime.engine.loaded, 1024, 1024, 2)
     assert small.seconds is not None and large.seconds is not None
+    assert small.from_warmup  # no request yet: the warm-up's rate, refused only far past
     assert large.seconds > 100 * small.seconds  # 256x the tokens, and attention's square
     assert large.memory_bytes > 100 * small.memory_bytes
 
@@ -97,6 +98,7 @@ def test_a_request_estimated_past_its_deadline_fails_at_once(runtime, tmp_path):
     assert not (tmp_path / "late.png").exists()
     runtime.generate_image(_job(tmp_path, "fits", 64), Probe(time_left=60.0))
     assert (tmp_path / "fits.png").exists()
+    assert not admission.estimate(runtime.engine.loaded, 64, 64, 1).from_warmup
 
 
 def test_a_long_single_step_is_abandoned_within_a_fraction_of_it(runtime, single_torch_thread):
