@@ -163,3 +163,33 @@ def test_memory_comes_back_after_a_cancelled_huge_request(runtime, tmp_path):
     assert grew >= 150 * MiB, f"the request never grew memory ({grew / MiB:.0f} MiB)"
     assert after - before < 0.25 * grew, (before / MiB, peak[0] / MiB, after / MiB)
     assert not (tmp_path / "huge.png").exists()
+
+
+def test_a_shared_step_goes_on_for_the_member_that_is_still_waiting(tiny_sd, tmp_path):
+    """Step-level loop: cancelling one of two requests that share steps stops nothing for
+    the other (the block checks fire only once every member is cancelled)."""
+    shared = ModelRuntime(Settings(idle_release_s=0, step_batching=True, warmup=False))
+    shared.load(LoadSpec(model=str(tiny_sd)))
+    leaving, staying = Probe(), Probe()
+    outcome: dict[str, object] = {}
+
+    def run(name: str, probe: Probe) -> None:
+        try:
+            outcome[name] = shared.generate_image(_job(tmp_path, name, 64, steps=80), probe)
+        except Cancelled as exc:
+            outcome[name] = exc
+
+    threads = [threading.Thread(target=run, args=(name, probe))
+               for name, probe in (("leaving", leaving), ("staying", staying))]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # both admitted, inside their shared steps (80 take seconds)
+        leaving.cancelled.set()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        shared.close()
+    assert isinstance(outcome["leaving"], Cancelled)
+    assert "image written" in str(outcome["staying"])
+    assert (tmp_path / "staying.png").exists() and not (tmp_path / "leaving.png").exists()
