@@ -93,3 +93,9 @@ def short_message(exc: BaseException) -> str:
     if len(first) > MAX_MESSAGE_CHARS:
         first = first[: MAX_MESSAGE_CHARS - 3] + "..."
     return first
+
+
+class DeadlineExceeded(BackendError):
+    """The request cannot finish before its client's deadline (admission's estimate)."""
+
+    status = "DEADLINE_EXCEEDED"

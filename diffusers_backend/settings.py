@@ -66,6 +66,10 @@ class Settings:
     max_prompt_chars: int = 100_000
     max_request_bytes: int = 4 * 1024 * 1024
     max_inpaint_json_bytes: int = 32 * 1024 * 1024
+    # cost-aware admission (engine/admission.py, docs/security.md)
+    max_side_factor: int = 8
+    device_memory: int = 0  # 0 = what the device reports
+    warmup: bool = True
 
     def __repr__(self) -> str:  # never print the token
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -316,6 +320,15 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "largest gRPC request accepted (the host sends paths and prompts, not data)"),
     EnvVar("DIFFUSERS_MAX_INPAINT_JSON_BYTES", "max_inpaint_json_bytes", int_parser(1024),
            "largest inpainting JSON file read (the host sends image and mask as files too)"),
+    EnvVar("DIFFUSERS_MAX_SIDE_FACTOR", "max_side_factor", int_parser(0), "longest output "
+           "side accepted, as a multiple of the model's native side (SD 1.x 512, SDXL/SD3/Flux "
+           "1024; `8`: 4096 for SD 1.x), so absurd aspect ratios are refused; `0` = no limit"),
+    EnvVar("DIFFUSERS_DEVICE_MEMORY", "device_memory", int_parser(0), "bytes a request may "
+           "use; a request whose memory estimate is larger is RESOURCE_EXHAUSTED before it "
+           "queues (docs/security.md); `0` = the free memory the GPU (or host) reports"),
+    EnvVar("DIFFUSERS_WARMUP", "warmup", _B, "after each LoadModel, run one small denoising "
+           "step, so admission's time estimate has a measurement before the first request",
+           empty_is_default=False),
     # Read where they are used (no Settings field), documented here with the rest.
     EnvVar("DIFFUSERS_LOADER_CACHE_DIR", "", None, "where the pipeline registry cache lives",
            default="`$XDG_CACHE_HOME/localai-diffusers`, else `~/.cache/localai-diffusers`"),

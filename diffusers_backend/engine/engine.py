@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from diffusers_backend.engine import timings
+from diffusers_backend.engine.block_checks import watching
 from diffusers_backend.engine.profiling import profiled
 from diffusers_backend.engine.scheduler import Scheduler
 from diffusers_backend.engine.stepping import StepLoop
@@ -262,11 +263,14 @@ class Engine:
         started = timings.now()
         try:
             label = f"{type(plans[0]).__name__} x{len(plans)}"
+            all_cancelled = lambda: all(t.is_cancelled() for t in tickets)  # noqa: E731
             with self.scheduler.sizer.measure(len(plans), plans[0].pixels), \
-                    profiled(self._settings.profile_dir, label):
-                outputs = type(plans[0]).run(plans, variants,
-                                             lambda: all(t.is_cancelled() for t in tickets))
+                    profiled(self._settings.profile_dir, label), watching(all_cancelled):
+                outputs = type(plans[0]).run(plans, variants, all_cancelled)
         except Exception as exc:  # noqa: BLE001 - handed to the requests' threads
+            if isinstance(exc, Cancelled):  # what the abandoned call held goes back now
+                exc.with_traceback(None)  # its frames hold the call's tensors
+                self._release_memory()
             if is_out_of_memory(exc):
                 self.out_of_memory()
                 if self.scheduler.out_of_memory(len(plans), plans[0].pixels) > 0:

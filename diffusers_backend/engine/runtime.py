@@ -16,6 +16,7 @@ from dataclasses import replace
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from diffusers_backend.engine.admission import admit
 from diffusers_backend.engine.engine import Engine
 from diffusers_backend.engine.tickets import Plan
 from diffusers_backend.errors import (
@@ -63,6 +64,22 @@ def release_memory() -> None:
     mps = getattr(torch, "mps", None)
     if mps is not None and torch.backends.mps.is_available():
         mps.empty_cache()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc): after a huge request on
+    the CPU, resident memory returns to where it was instead of staying at its peak."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _drop_unaccepted_options(loaded: LoadedPipeline, unknown: list[str]) -> None:
@@ -115,6 +132,10 @@ class ModelRuntime:
         else:
             gc.collect()
 
+    def busy(self) -> bool:
+        """A generation or a load is in progress."""
+        return self._busy > 0 or self._load_lock.locked()
+
     def close(self) -> None:
         """Refuse new work (shutdown); running work finishes."""
         self._closing = True
@@ -135,6 +156,7 @@ class ModelRuntime:
                 loaded = load_model(spec, self.settings)  # TensorParallelSize: parallel/
                 _drop_unaccepted_options(loaded, unaccepted_call_options(
                     loaded.pipe, loaded.spec.call_options))
+                self._prepare_admission(loaded)
             except Exception as exc:
                 with self._state_lock:
                     self._last_load_failed = self.engine.loaded is None
@@ -151,6 +173,16 @@ class ModelRuntime:
             del old
             self._release_memory()
             return loaded
+
+    def _prepare_admission(self, loaded: LoadedPipeline) -> None:
+        """Checks between blocks (cancellation inside a step) and the timing of each call,
+        then a warm-up step so admission has a rate (engine/admission.py)."""
+        from diffusers_backend.engine.block_checks import install
+        from diffusers_backend.engine.warmup import warm_up
+
+        install(loaded.pipe)
+        if self.settings.warmup:
+            warm_up(loaded)
 
     def free(self) -> bool:
         """Drop the model and its variants; waits for a running generation first."""
@@ -187,6 +219,7 @@ class ModelRuntime:
                 if loaded is None:
                     raise FailedPrecondition("no model is loaded: call LoadModel first")
                 plan = make_plan(loaded)
+                admit(plan, is_cancelled, self.settings)
                 return self.engine.submit(plan, is_cancelled, arrival, replan=make_plan)
         finally:
             with self._state_lock:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from diffusers_backend.engine import timings
+from diffusers_backend.engine.block_checks import watching
 from diffusers_backend.engine.scheduler import Scheduler
 from diffusers_backend.engine.tickets import Ticket, waited_its_turn
 from diffusers_backend.errors import Cancelled, is_out_of_memory
@@ -142,8 +143,10 @@ class StepLoop:
     def _step(self) -> None:
         slots = [m.slot for m in self.active]
         started = timings.now()
-        try:
-            denoise.step_together(self.pipe, slots)
+        members = list(self.active)
+        try:  # the shared step stops inside only once every member is cancelled
+            with watching(lambda: all(m.ticket.is_cancelled() for m in members)):
+                denoise.step_together(self.pipe, slots)
         except Exception as exc:  # noqa: BLE001 - handed to the requests' threads
             self._step_failed(exc)
             return
@@ -155,6 +158,9 @@ class StepLoop:
                 member.shared_steps += 1
 
     def _step_failed(self, exc: Exception) -> None:
+        if isinstance(exc, Cancelled):  # every member gone: what the step held goes back
+            exc.with_traceback(None)  # its frames hold the step's tensors
+            self.host.release_memory()
         if not is_out_of_memory(exc):
             for member in self.active:
                 member.ticket.finish(error=exc)
@@ -180,7 +186,8 @@ class StepLoop:
         for member in [m for m in self.active if m.slot.done]:
             self.active.remove(member)
             try:
-                picture = denoise.decode(self.pipe, member.slot)
+                with watching(member.ticket.is_cancelled):
+                    picture = denoise.decode(self.pipe, member.slot)
             except Exception as exc:  # noqa: BLE001 - this request's own error
                 member.ticket.finish(error=exc)
                 continue

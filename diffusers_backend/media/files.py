@@ -226,6 +226,7 @@ def write_atomically(path: Path, suffix: str, write: Callable[[str], None]) -> N
         fd, tmp = _temp_in(path.parent, path.name, suffix)
     except OSError as exc:
         raise _translate_os_error(exc, path, "dst") from exc
+    _writing.add(tmp)
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
@@ -241,7 +242,21 @@ def write_atomically(path: Path, suffix: str, write: Callable[[str], None]) -> N
         _remove_quietly(tmp)
         raise
     finally:
+        _writing.discard(tmp)
         os.close(fd)  # releases the lock
+
+
+_writing: set[str] = set()  # temp files of writes in progress in this process
+
+
+def remove_partial_files() -> list[str]:
+    """Remove the temp files of writes still in progress (a hard exit is about to cut them
+    short); return their paths."""
+    removed = []
+    for tmp in list(_writing):
+        _remove_quietly(tmp)
+        removed.append(tmp)
+    return removed
 
 
 def image_to_png_bytes(image: Image.Image) -> bytes:

@@ -22,6 +22,7 @@ import grpc
 
 from diffusers_backend.errors import BackendError, short_message
 from diffusers_backend.loading import path_guard
+from diffusers_backend.serving.hard_exit import exit_now
 from diffusers_backend.serving.listen import bind_problem, cannot_listen_message
 from diffusers_backend.serving.observe import RpcObserver
 from diffusers_backend.serving.request_limits import check_request
@@ -336,11 +337,12 @@ def serve(addr: str) -> int:
         if stopping.is_set():
             return
         stopping.set()
-        log.info("%s: finishing running requests (up to %.0fs), then exiting",
-                 reason, settings.shutdown_grace)
+        grace = settings.shutdown_grace if runtime.busy() else 0.0  # nothing running: now
+        log.info("%s: finishing running requests (%s), then exiting", reason,
+                 f"up to {grace:.0f}s" if grace else "none running")
         runtime.close()
         health_servicer.enter_graceful_shutdown()  # grpc health: NOT_SERVING from now on
-        server.stop(settings.shutdown_grace)
+        server.stop(grace)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: threading.Thread(
@@ -349,4 +351,7 @@ def serve(addr: str) -> int:
         watch_parent(settings.parent_watch_interval, lambda: shutdown("orphaned"), parent_pid)
     server.wait_for_termination()
     log.info("stopped")
+    # A torch operation may still run on the pipeline thread (its request was cancelled
+    # at the end of the grace period): exit without waiting for it.
+    exit_now(0)
     return 0

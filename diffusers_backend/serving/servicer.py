@@ -59,9 +59,25 @@ def spec_from_options(request: Any) -> LoadSpec:
     )
 
 
+class _CancelProbe:
+    """A cheap check the pipeline's step callback and block hooks run: has the client gone?
+    ``time_left`` tells admission the seconds before the client's deadline (None: none)."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+
+    def __call__(self) -> bool:
+        return not self._context.is_active()
+
+    def time_left(self) -> float | None:
+        remaining = self._context.time_remaining()
+        return None if remaining is None or remaining > 1e8 else float(remaining)
+
+
 def _cancel_probe(context: grpc.ServicerContext) -> Callable[[], bool]:
-    """A cheap check the pipeline's step callback runs: has the client gone?"""
-    return lambda: not context.is_active()
+    return _CancelProbe(context)
 
 
 class BackendServicer(backend_pb2_grpc.BackendServicer):

@@ -16,6 +16,7 @@ from diffusers_backend.errors import Cancelled, InvalidArgument
 from diffusers_backend.loading.options_table import accepted_call_keys
 from diffusers_backend.registry.signatures import CallSignature
 from diffusers_backend.settings import Settings
+from diffusers_backend.tasks.side_limit import check_sides
 
 if TYPE_CHECKING:
     from diffusers_backend.loading.pipeline_loader import LoadedPipeline
@@ -80,6 +81,7 @@ def check_size(width: int, height: int, pipe: Any, settings: Settings) -> tuple[
             f"{width}x{height} is {width * height} pixels, above the limit of "
             f"{settings.max_pixels} (DIFFUSERS_MAX_PIXELS)"
         )
+    check_sides(width, height, pipe, settings)
     multiple = size_multiple(pipe)
     snapped = [v - v % multiple if v else 0 for v in (width, height)]
     for name, value, original in zip(("width", "height"), snapped, (width, height), strict=True):

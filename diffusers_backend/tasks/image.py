@@ -20,6 +20,7 @@ from diffusers_backend.errors import InvalidArgument
 from diffusers_backend.loading import ip_adapter
 from diffusers_backend.loading.pipeline_loader import LoadedPipeline
 from diffusers_backend.media.control import preprocess_control
+from diffusers_backend.prompts.clip_skip_limits import check_clip_skip_limit
 from diffusers_backend.registry.signatures import call_signature
 from diffusers_backend.settings import Settings
 from diffusers_backend.tasks import references
@@ -227,10 +228,12 @@ def plan_image(loaded: LoadedPipeline, job: ImageJob, settings: Settings) -> Ima
     inputs = _open_inputs(loaded, job, settings)
     steps = steps_or_default(job.steps, loaded)
     prompt, loras = plan_loras(loaded, job.prompt, job.negative_prompt, settings.safetensors_only)
+    clip_skip = prompts.effective_clip_skip(job.clip_skip, loaded.spec.clip_skip)
+    check_clip_skip_limit(loaded.pipe, clip_skip, settings.clip_skip_enabled)
     return ImagePlan(
         job=job, loaded=loaded, settings=settings, width=width, height=height, steps=steps,
         seed=pick_seed(job.seed),
-        clip_skip=prompts.effective_clip_skip(job.clip_skip, loaded.spec.clip_skip),
+        clip_skip=clip_skip,
         negative=job.negative_prompt,
         note="; ".join(x for x in (note, inputs.note) if x), inputs=inputs,
         prompt=prompt, loras=loras)
