@@ -70,6 +70,7 @@ class Settings:
     max_side_factor: int = 8
     device_memory: int = 0  # 0 = what the device reports
     warmup: bool = True
+    deadline_admission: bool = True
 
     def __repr__(self) -> str:  # never print the token
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -326,6 +327,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("DIFFUSERS_DEVICE_MEMORY", "device_memory", int_parser(0), "bytes a request may "
            "use; a request whose memory estimate is larger is RESOURCE_EXHAUSTED before it "
            "queues (docs/security.md); `0` = the free memory the GPU (or host) reports"),
+    EnvVar("DIFFUSERS_DEADLINE_ADMISSION", "deadline_admission", _B, "refuse at once "
+           "(DEADLINE_EXCEEDED) a request whose time estimate is past its client's deadline; "
+           "`0`: queue it anyway and cancel it inside a step when the deadline passes",
+           empty_is_default=False),
     EnvVar("DIFFUSERS_WARMUP", "warmup", _B, "after each LoadModel, run one small denoising "
            "step, so admission's time estimate has a measurement before the first request",
            empty_is_default=False),

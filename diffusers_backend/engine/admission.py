@@ -305,7 +305,8 @@ def check(loaded: Any, width: int, height: int, steps: int, time_left: float | N
     # The warm-up's small calls overstate the rate (their fixed cost weighs most; measured
     # up to 12x, bench/README.md): from them alone, refuse only what is far past the deadline.
     margin = WARMUP_MARGIN if cost.from_warmup else 1.0
-    if time_left is not None and cost.seconds is not None and cost.seconds > time_left * margin:
+    if (settings.deadline_admission and time_left is not None and cost.seconds is not None
+            and cost.seconds > time_left * margin):
         raise DeadlineExceeded(
             f"{size} with {steps} steps is estimated to take {cost.seconds:.1f}s on this "
             f"server, more than the {max(0.0, time_left):.1f}s left before the client's "
