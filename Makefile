@@ -44,9 +44,9 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 
 install: $(STAMP) protogen
 
-protogen: backend_pb2.py backend_pb2_grpc.py
+protogen: backend_pb2.py backend_pb2_grpc.py progress_pb2.py progress_pb2_grpc.py
 
-backend_pb2.py backend_pb2_grpc.py: backend.proto $(STAMP)
+backend_pb2.py backend_pb2_grpc.py progress_pb2.py progress_pb2_grpc.py: backend.proto progress.proto $(STAMP)
 	$(PY) -m diffusers_backend.serving.protogen --force
 
 run: install
@@ -75,4 +75,4 @@ bench: install
 	$(PY) bench/bench_server.py
 
 clean:
-	rm -rf backend_pb2.py backend_pb2_grpc.py .pytest_cache .ruff_cache
+	rm -rf backend_pb2.py backend_pb2_grpc.py progress_pb2.py progress_pb2_grpc.py .pytest_cache .ruff_cache

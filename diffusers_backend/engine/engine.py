@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from diffusers_backend.engine import timings
+from diffusers_backend.engine import progress, timings
 from diffusers_backend.engine.profiling import profiled
 from diffusers_backend.engine.scheduler import Scheduler
 from diffusers_backend.errors import (
@@ -105,9 +105,11 @@ class Ticket:
     done: threading.Event = field(default_factory=threading.Event)
     result: str = ""
     error: BaseException | None = None
+    progress: progress.Track | None = None  # its live progress (engine/progress.py)
 
     def finish(self, result: str = "", error: BaseException | None = None) -> None:
         self.result, self.error = result, error
+        progress.HUB.finished(self.progress, result, error)  # every request ends here
         self.done.set()
 
     def wait(self) -> str:
@@ -202,6 +204,7 @@ class Engine:
 
         ``replan(loaded)`` plans the request again if another model is loaded meanwhile."""
         ticket = Ticket(plan, is_cancelled, timings.current(), replan)
+        ticket.progress = progress.HUB.queued(plan)
         with self._cv:
             timings.queued(ticket.record)
             self.scheduler.push(ticket)
@@ -305,6 +308,9 @@ class Engine:
         tickets = [t for t, _ in batch]
         plans = [p for _, p in batch]
         started = timings.now()
+        for ticket in tickets:
+            progress.HUB.started(ticket.progress)
+        progress.running([t.progress for t in tickets])  # its step callback reports to them
         try:
             label = f"{type(plans[0]).__name__} x{len(plans)}"
             with self.scheduler.sizer.measure(len(plans), plans[0].pixels), \
@@ -312,6 +318,7 @@ class Engine:
                 outputs = type(plans[0]).run(plans, variants,
                                              lambda: all(t.is_cancelled() for t in tickets))
         except Exception as exc:  # noqa: BLE001 - handed to the requests' threads
+            progress.running([])
             if is_out_of_memory(exc):
                 log.warning("out of memory; freeing cached memory before the next request")
                 self._release_memory()
@@ -324,6 +331,7 @@ class Engine:
             for ticket in tickets:
                 ticket.finish(error=exc)
             return
+        progress.running([])
         self.scheduler.call_ran(timings.now() - started)
         self._used_since_release = True
         timings.pipeline_ran([(t.record, getattr(p, "seed", None),

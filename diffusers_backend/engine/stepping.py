@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from diffusers_backend.engine import timings
+from diffusers_backend.engine import progress, timings
 from diffusers_backend.errors import Cancelled, is_out_of_memory
 from diffusers_backend.tasks import denoise
 from diffusers_backend.tasks.denoise.slot import Slot
@@ -83,6 +83,7 @@ class StepLoop:
             ticket.finish(error=exc)
             return
         self.active.append(Member(ticket, plan, slot, timings.now()))
+        progress.HUB.started(ticket.progress, len(slot.timesteps))
         log.debug("denoising loop admitted seed=%s steps=%s (%d active)",
                   getattr(plan, "seed", "-"), getattr(plan, "steps", "-"), len(self.active))
 
@@ -126,6 +127,9 @@ class StepLoop:
             member.largest_batch = max(member.largest_batch, len(slots))
             if len(slots) > 1:
                 member.shared_steps += 1
+            latents = member.slot.latents[0] if progress.HUB.watchers else None  # its row
+            progress.HUB.step(member.ticket.progress, member.slot.index,
+                              len(member.slot.timesteps), self.pipe, latents)
 
     def _free_after_out_of_memory(self) -> None:
         log.warning("out of memory; freeing cached memory before the next request")

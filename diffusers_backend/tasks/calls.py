@@ -123,12 +123,15 @@ def make_generator(seed: int) -> Any:
 
 
 def cancel_callback(is_cancelled: IsCancelled) -> Callable[..., dict[str, Any]]:
-    """A step callback that stops the denoising loop once the client has gone."""
+    """A step callback that stops the denoising loop once the client has gone, and reports
+    the step to the live progress hub (``engine.progress``: nothing when nobody watches)."""
+    from diffusers_backend.engine.progress import call_step
 
     def on_step_end(pipe: Any, step: int, timestep: Any,
                     callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         if is_cancelled():
             raise Cancelled(f"request cancelled by the client at step {step + 1}")
+        call_step(pipe, step, callback_kwargs)
         return callback_kwargs
 
     return on_step_end
