@@ -275,3 +275,12 @@ def call_step(pipe: Any, step_index: int, callback_kwargs: dict[str, Any]) -> No
         if latents is not None and getattr(latents, "ndim", 0) >= 3 and row < len(latents):
             mine = latents[row]
         HUB.step(track, step_index + 1, steps, pipe, mine)
+
+
+def _install() -> None:
+    from diffusers_backend.tasks import calls
+
+    calls.step_reporter = call_step  # every pipeline call's step callback reports here
+
+
+_install()

@@ -3,7 +3,9 @@ live progress hub (``engine.progress``) to a client until it goes away.
 
 Each stream runs on a thread of its own pool (``WATCH_THREADS``, started as needed), never
 on the work pool, so watchers can never hold a generation's thread; the same interceptor
-authenticates it. A stream ends when its client cancels or the server shuts down.
+authenticates it. A stream ends when its client cancels or the server shuts down; one that
+names a ``dst`` also ends after that request's last event (done, failed or cancelled), so
+``grpcurl`` and the client can follow one request and return.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import grpc
 
 import progress_pb2
-from diffusers_backend.engine.progress import HUB, Event, Hub
+from diffusers_backend.engine.progress import ENDS, HUB, Event, Hub
 
 SERVICE = "diffusers.v1.Progress"
 WATCH_THREADS = 512  # concurrent Watch streams; threads start only when needed
@@ -46,6 +48,8 @@ def make_watch(hub: Hub) -> Any:
                 event = watcher.get(POLL_S)
                 if event is not None:
                     yield to_message(event, request.previews)
+                    if request.dst and event.stage in ENDS:
+                        return  # the request it follows has ended
         finally:
             hub.unwatch(watcher)
 
