@@ -39,6 +39,9 @@ def make_watch(hub: Hub) -> Any:
     def watch(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         watcher = hub.watch(request.dst, request.previews)
         context.add_callback(watcher.close)  # wakes the stream when the client goes
+        # Headers now: a client that waits for them knows it is registered, and may send the
+        # request it wants to follow without missing its first events.
+        context.send_initial_metadata(())
         try:
             # Requests already waiting or running, as they stand now.
             for current in hub.snapshot():
