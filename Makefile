@@ -24,7 +24,7 @@ ifeq ($(BUILD_TYPE),cpu)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 endif
 
-.PHONY: install protogen run demo test test-fast lint typecheck bench clean
+.PHONY: install protogen run demo test test-fast lint typecheck bench clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +56,18 @@ run: install
 demo: install
 	$(PY) scripts/demo.py
 
-test: install $(DEV_STAMP)
+test: install $(DEV_STAMP) chromium
 	./test.sh
+
+# The live page's browser test (tests/e2e/test_live_page.py) needs Chromium: Debian's
+# package, installed here when missing (as root, or through sudo); without it that test skips.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ command -v apt-get >/dev/null 2>&1 && \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ) && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; } || \
+	echo "note: Chromium is not installed; tests/e2e/test_live_page.py will skip"
 
 # The unit tier (tests/unit, no server process, slow tests left out): under a minute.
 test-fast: install $(DEV_STAMP)
