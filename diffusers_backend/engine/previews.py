@@ -104,10 +104,12 @@ def preview_png(pipe: Any, latents: Any, width: int = 0, height: int = 0) -> byt
         if found is None:
             return None
         factors, bias = found
-        matrix = torch.tensor(factors, dtype=torch.float32)
-        rgb = torch.einsum("chw,cr->hwr", latents.detach().float().cpu(), matrix)
-        rgb = (rgb + torch.tensor(bias) + 1.0) / 2.0
-        pixels = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        # On the latents' device: only the small RGB thumbnail crosses to the CPU.
+        device = latents.device
+        matrix = torch.tensor(factors, dtype=torch.float32, device=device)
+        rgb = torch.einsum("chw,cr->hwr", latents.detach().float(), matrix)
+        rgb = (rgb + torch.tensor(bias, device=device) + 1.0) / 2.0
+        pixels = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(buffer, format="PNG",
                                                                compress_level=1)

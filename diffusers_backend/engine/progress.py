@@ -13,13 +13,15 @@ uses it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 QUEUED, STARTED, STEP, DONE, FAILED, CANCELLED = (
@@ -27,6 +29,21 @@ QUEUED, STARTED, STEP, DONE, FAILED, CANCELLED = (
 ENDS = frozenset({DONE, FAILED, CANCELLED})
 WATCHER_QUEUE = 256  # events a watcher may fall behind by before its oldest are dropped
 DEFAULT_PREVIEW_EVERY = 1
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _never_raises(method: _F) -> _F:
+    """Reporting progress must never fail (or hang) a request: an error here is logged."""
+
+    @functools.wraps(method)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - logged; the request goes on
+            log.warning("progress report failed", exc_info=True)
+            return None
+
+    return guarded  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -156,7 +173,8 @@ class Hub:
                     watcher.put(event)
 
     # -- requests (engine side) ---------------------------------------------------------------
-    def queued(self, plan: Any) -> Track:
+    @_never_raises
+    def queued(self, plan: Any) -> Track | None:
         """A validated request joined the pipeline queue."""
         job = getattr(plan, "job", None)
         loaded = getattr(plan, "loaded", None)
@@ -172,6 +190,7 @@ class Hub:
         self._publish(track, track.event(QUEUED, queue_position=position))
         return track
 
+    @_never_raises
     def started(self, track: Track | None, steps: int = 0) -> None:
         """The pipeline thread began running the request."""
         if track is None or track.started_at is not None or track.ended:
@@ -181,6 +200,7 @@ class Hub:
             track.steps = steps
         self._publish(track, track.event(STARTED))
 
+    @_never_raises
     def step(self, track: Track | None, step: int, steps: int, pipe: Any = None,
              latents: Any = None) -> None:
         """The request finished denoising step ``step`` of ``steps`` (1-based)."""
@@ -217,6 +237,7 @@ class Hub:
         track.preview = png
         return png
 
+    @_never_raises
     def finished(self, track: Track | None, message: str = "",
                  error: BaseException | None = None) -> None:
         """The request ended: done (its reply), cancelled or failed (its error)."""
@@ -257,6 +278,7 @@ def running(tracks: list[Track | None]) -> None:
     _current.tracks = tracks
 
 
+@_never_raises
 def call_step(pipe: Any, step_index: int, callback_kwargs: dict[str, Any]) -> None:
     """From a pipeline's ``callback_on_step_end``: step ``step_index`` (0-based) is done for
     every request of the running call; each gets its own row of the latents."""
