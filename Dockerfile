@@ -17,7 +17,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN curl -LsSf https://astral.sh/uv/install.sh | env UV_INSTALL_DIR=/usr/local/bin sh
 WORKDIR /backend
-COPY backend.proto diffusers_dynamic_loader.py run.sh Makefile README.md requirements*.txt ./
+COPY backend.proto progress.proto diffusers_dynamic_loader.py run.sh Makefile README.md requirements*.txt ./
 COPY diffusers_backend ./diffusers_backend
 # CPU: torch's CPU wheels live on PyTorch's own index (PyPI's Linux wheels are CUDA builds).
 RUN uv python install "${PYTHON_VERSION}" --install-dir /tmp/python \

@@ -24,7 +24,7 @@ ifeq ($(BUILD_TYPE),cpu)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 endif
 
-.PHONY: install protogen run demo test test-fast lint typecheck bench clean
+.PHONY: install protogen run demo test test-fast lint typecheck bench clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,9 +44,9 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 
 install: $(STAMP) protogen
 
-protogen: backend_pb2.py backend_pb2_grpc.py
+protogen: backend_pb2.py backend_pb2_grpc.py progress_pb2.py progress_pb2_grpc.py
 
-backend_pb2.py backend_pb2_grpc.py: backend.proto $(STAMP)
+backend_pb2.py backend_pb2_grpc.py progress_pb2.py progress_pb2_grpc.py: backend.proto progress.proto $(STAMP)
 	$(PY) -m diffusers_backend.serving.protogen --force
 
 run: install
@@ -56,8 +56,18 @@ run: install
 demo: install
 	$(PY) scripts/demo.py
 
-test: install $(DEV_STAMP)
+test: install $(DEV_STAMP) chromium
 	./test.sh
+
+# The live page's browser test (tests/e2e/test_live_page.py) needs Chromium: Debian's
+# package, installed here when missing (as root, or through sudo); without it that test skips.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ command -v apt-get >/dev/null 2>&1 && \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ) && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; } || \
+	echo "note: Chromium is not installed; tests/e2e/test_live_page.py will skip"
 
 # The unit tier (tests/unit, no server process, slow tests left out): under a minute.
 test-fast: install $(DEV_STAMP)
@@ -75,4 +85,4 @@ bench: install
 	$(PY) bench/bench_server.py
 
 clean:
-	rm -rf backend_pb2.py backend_pb2_grpc.py .pytest_cache .ruff_cache
+	rm -rf backend_pb2.py backend_pb2_grpc.py progress_pb2.py progress_pb2_grpc.py .pytest_cache .ruff_cache

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from diffusers_backend.engine import timings
+from diffusers_backend.engine import progress, timings
 from diffusers_backend.engine.block_checks import watching
 from diffusers_backend.engine.profiling import profiled
 from diffusers_backend.engine.scheduler import Scheduler
@@ -130,6 +130,7 @@ class Engine:
 
         ``replan(loaded)`` plans the request again if another model is loaded meanwhile."""
         ticket = Ticket(plan, is_cancelled, timings.current(), replan)
+        ticket.progress = progress.HUB.queued(plan)
         with self._cv:
             timings.queued(ticket.record)
             self.scheduler.push(ticket)
@@ -261,6 +262,9 @@ class Engine:
         tickets = [t for t, _ in batch]
         plans = [p for _, p in batch]
         started = timings.now()
+        for ticket in tickets:
+            progress.HUB.started(ticket.progress)
+        progress.running([t.progress for t in tickets])  # its step callback reports to them
         try:
             label = f"{type(plans[0]).__name__} x{len(plans)}"
             all_cancelled = lambda: all(t.is_cancelled() for t in tickets)  # noqa: E731
@@ -268,6 +272,7 @@ class Engine:
                     profiled(self._settings.profile_dir, label), watching(all_cancelled):
                 outputs = type(plans[0]).run(plans, variants, all_cancelled)
         except Exception as exc:  # noqa: BLE001 - handed to the requests' threads
+            progress.running([])
             if isinstance(exc, Cancelled):  # what the abandoned call held goes back now
                 exc.with_traceback(None)  # its frames hold the call's tensors
                 self._release_memory()
@@ -282,6 +287,7 @@ class Engine:
             for ticket in tickets:
                 ticket.finish(error=exc)
             return
+        progress.running([])
         self.call_done(timings.now() - started)
         timings.pipeline_ran([(t.record, getattr(p, "seed", None),
                                int(getattr(output, "steps", 0) or getattr(p, "steps", 0)))

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from diffusers_backend.engine import timings
+from diffusers_backend.engine import progress, timings
 from diffusers_backend.engine.block_checks import watching
 from diffusers_backend.engine.scheduler import Scheduler
 from diffusers_backend.engine.tickets import Ticket, waited_its_turn
@@ -111,6 +111,7 @@ class StepLoop:
             ticket.finish(error=exc)
             return
         self.active.append(Member(ticket, plan, slot, timings.now()))
+        progress.HUB.started(ticket.progress, len(slot.timesteps))
         log.debug("denoising loop admitted seed=%s steps=%s (%d active)",
                   getattr(plan, "seed", "-"), getattr(plan, "steps", "-"), len(self.active))
 
@@ -156,6 +157,9 @@ class StepLoop:
             member.largest_batch = max(member.largest_batch, len(slots))
             if len(slots) > 1:
                 member.shared_steps += 1
+            latents = member.slot.latents[0] if progress.HUB.watchers else None  # its row
+            progress.HUB.step(member.ticket.progress, member.slot.index,
+                              len(member.slot.timesteps), self.pipe, latents)
 
     def _step_failed(self, exc: Exception) -> None:
         if isinstance(exc, Cancelled):  # every member gone: what the step held goes back

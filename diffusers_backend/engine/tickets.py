@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from diffusers_backend.engine import timings
+from diffusers_backend.engine import progress, timings
 from diffusers_backend.errors import BackendError, Cancelled
 from diffusers_backend.tasks.calls import IsCancelled
 
@@ -56,9 +56,11 @@ class Ticket:
     done: threading.Event = field(default_factory=threading.Event)
     result: str = ""
     error: BaseException | None = None
+    progress: progress.Track | None = None  # its live progress (engine/progress.py)
 
     def finish(self, result: str = "", error: BaseException | None = None) -> None:
         self.result, self.error = result, error
+        progress.HUB.finished(self.progress, result, error)  # every request ends here
         self.done.set()
 
     def wait(self) -> str:

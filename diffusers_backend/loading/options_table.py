@@ -201,6 +201,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("compile_regional", _L, "bool", "`torch.compile` only the repeated blocks "
            "(much faster warm-up); kernels cached in `DIFFUSERS_COMPILE_CACHE_DIR`",
            "denoisers that declare repeated blocks (Flux, Wan, SD UNet...)", check=_bool),
+    Option("preview_every", _L, "int", "live previews (`Progress.Watch` with `previews`): one "
+           "every N denoising steps, and at the last (default 1; docs/observability.md)",
+           check=_steps),
     # -- call options the backend itself reads; every other key is passed through as well
     Option("cfg_scale", _C, "number", "guidance scale (LocalAI's docs' spelling); an "
            "explicit `guidance_scale` option wins"),

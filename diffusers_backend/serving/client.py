@@ -4,7 +4,9 @@ For trying a model or a server by hand without a LocalAI host: load a model, gen
 image or a video to a file, upscale, and read Status and Health. ``make install`` puts the
 command into ``.venv/bin`` (``python -m diffusers_backend.serving.client`` is the same).
 The token comes from ``LOCALAI_GRPC_AUTH_TOKEN`` (as the server's does). While a call runs,
-the elapsed seconds tick on stderr. The exit code is the gRPC status code's number (0 OK, 3
+the elapsed seconds tick on stderr, with a step bar and ETA for ``image`` and ``video`` (from
+the Progress service: ``client_progress``); ``watch`` prints every progress event. The exit
+code is the gRPC status code's number (0 OK, 3
 INVALID_ARGUMENT, 14 UNAVAILABLE...), 1 for a LoadModel that answered ``success=false``, and
 141 when whoever read the output went away (``| head``), as for a process killed by SIGPIPE.
 """
@@ -48,12 +50,20 @@ class Progress:
         self.started = time.monotonic()
         self._tty = stream.isatty()
         self._shown = False
+        self.bar: Any = None  # a client_progress.StepBar: steps and ETA beside the time
+
+    def prefix(self) -> str:
+        return f"{self.label}... {time.monotonic() - self.started:.0f}s "
 
     def tick(self) -> None:
         """Show the time spent so far."""
         if self.quiet:
             return
         text = f"{self.label}... {time.monotonic() - self.started:.0f}s"
+        if self._tty and self.bar is not None and self.bar.text():
+            self.bar.draw()
+            self._shown = True
+            return
         if self._tty:
             self.stream.write("\r" + text)
         else:
@@ -80,6 +90,8 @@ def wait_with_progress(future: Any, progress: Progress) -> Any:
         future.cancel()
         raise
     finally:
+        if progress.bar is not None:
+            progress.bar.stop()
         progress.done()
 
 
@@ -165,11 +177,18 @@ def _video_reply(message: str, output: str) -> str:
 
 
 def _call(args: argparse.Namespace, method: Any, request: Any, label: str,
-          timeout: float | None) -> Any:
+          timeout: float | None, dst: str = "") -> Any:
+    progress = Progress(label, args.progress_interval, sys.stderr, args.quiet)
+    preview = _abs(getattr(args, "preview", ""))
+    if dst and (preview or not args.quiet):  # a generation: its steps from Progress.Watch
+        from diffusers_backend.serving.client_progress import StepBar
+
+        progress.bar = StepBar(args.channel, args.metadata, dst, sys.stderr,
+                               show=not args.quiet, preview=preview, prefix=progress.prefix)
+        progress.bar.start()
     future = method.future(request, timeout=args.timeout or timeout, metadata=args.metadata,
                            wait_for_ready=args.wait)
-    return wait_with_progress(future, Progress(label, args.progress_interval, sys.stderr,
-                                               args.quiet))
+    return wait_with_progress(future, progress)
 
 
 def run_command(args: argparse.Namespace, stub: Any, pb: Any) -> int:
@@ -192,15 +211,21 @@ def run_command(args: argparse.Namespace, stub: Any, pb: Any) -> int:
         if not reply.success:
             print(f"error: LoadModel failed: {reply.message}", file=sys.stderr)
             return LOAD_FAILED_EXIT
+    elif command == "watch":
+        from diffusers_backend.serving.client_progress import watch
+
+        return watch(args.channel, args.metadata, _abs(args.dst), args.json)
     elif command == "image":
-        reply = _call(args, stub.GenerateImage, image_request(pb, args), "generating", None)
+        request = image_request(pb, args)
+        reply = _call(args, stub.GenerateImage, request, "generating", None, request.dst)
         if reply.message.startswith("video written to "):
             print(_video_reply(reply.message, args.output))
             return 0
     elif command == "edit":
         reply = _call(args, stub.GenerateImage, edit_request(pb, args), "editing", None)
     elif command == "video":
-        reply = _call(args, stub.GenerateVideo, video_request(pb, args), "generating", None)
+        request = video_request(pb, args)
+        reply = _call(args, stub.GenerateVideo, request, "generating", None, request.dst)
     else:
         reply = _call(args, stub.UpscaleImage, upscale_request(pb, args), "upscaling", None)
     print(reply.message)
@@ -215,6 +240,8 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=0, help="0: the model's default")
     parser.add_argument("--steps", type=int, default=0, help="0: the model's default")
     parser.add_argument("--seed", type=int, default=0, help="0: random (reported in the reply)")
+    parser.add_argument("--preview", default="", metavar="FILE",
+                        help="keep the latest preview (PNG) of the picture as it forms here")
 
 
 def _connection_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -292,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                        help="extra pipeline argument (repeatable)")
 
+    watch = command("watch", "Progress.Watch: print every progress event, one line each")
+    watch.add_argument("--dst", default="", help="only the request writing this file (the "
+                       "stream ends with it)")
+    watch.add_argument("--json", action="store_true", help="JSON lines")
+
     upscale = command("upscale", "UpscaleImage: write a PNG")
     upscale.add_argument("src", help="image to upscale")
     upscale.add_argument("-o", "--output", required=True)
@@ -337,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pb, pb_grpc = _stubs()
     started = time.monotonic()
     with grpc.insecure_channel(args.addr) as channel:
+        args.channel = channel  # for the Progress service (client_progress)
         try:
             return run_command(args, pb_grpc.BackendStub(channel), pb)
         except grpc.RpcError as exc:

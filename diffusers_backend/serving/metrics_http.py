@@ -107,7 +107,11 @@ class MetricsHttpServer:
                 return
             finally:
                 self._waiting.pop(task, None)
-            writer.write(await self._answer(head))
+            reply = await self._answer(head)
+            if callable(reply):  # the live page's event stream: until the client goes
+                await reply(writer)
+                return
+            writer.write(reply)
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
         except (asyncio.TimeoutError, ConnectionError, asyncio.CancelledError):
             pass
@@ -115,20 +119,29 @@ class MetricsHttpServer:
             self._open -= 1
             writer.close()
 
-    async def _answer(self, head: bytes) -> bytes:
+    async def _answer(self, head: bytes) -> Any:
+        from diffusers_backend.serving import live_page
+
         try:
             method, path, headers = _parse_head(head)
         except ValueError:
             return _reply("400 Bad Request", b"not an HTTP request\n")
         if self._expected is not None:
             given = headers.get("authorization", "").encode("latin-1", "replace")
+            if path in live_page.PATHS and not given:  # a browser: the token in the URL
+                given = f"Bearer {live_page.query_token(head)}".encode("latin-1", "replace")
             if not hmac.compare_digest(given, self._expected):
                 return _reply("401 Unauthorized", b"missing or invalid authorization bearer "
                               b"token\n", extra=(("WWW-Authenticate", _REALM),))
-        if path not in ("/", "/metrics"):
+        if path not in ("/", "/metrics", "/events"):
             return _reply("404 Not Found", b"metrics are served at /metrics\n")
         if method not in ("GET", "HEAD"):
             return _reply("405 Method Not Allowed", b"use GET\n", extra=(("Allow", "GET, HEAD"),))
+        if path == "/events" and method == "GET":
+            return live_page.event_stream()
+        if path == "/" and "text/html" in headers.get("accept", ""):  # a browser: the page
+            return _reply("200 OK", live_page.page_reply(), "text/html; charset=utf-8",
+                          head_only=method == "HEAD")
         encoder, content_type = choose_encoder(headers.get("accept", ""))
         loop = asyncio.get_running_loop()
         body = await loop.run_in_executor(self._collect, encoder, self._registry)

@@ -270,6 +270,9 @@ def build_server(settings: Settings, addr: str, observer: RpcObserver | None = N
         ],
     )
     backend_pb2_grpc.add_BackendServicer_to_server(BackendServicer(runtime), server)
+    from diffusers_backend.serving.progress_service import SERVICE, add_progress_service
+
+    add_progress_service(server)  # diffusers.v1.Progress: live progress (progress.proto)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -277,6 +280,7 @@ def build_server(settings: Settings, addr: str, observer: RpcObserver | None = N
     reflection.enable_server_reflection(
         (
             backend_pb2.DESCRIPTOR.services_by_name["Backend"].full_name,
+            SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -341,6 +345,9 @@ def serve(addr: str) -> int:
         log.info("%s: finishing running requests (%s), then exiting", reason,
                  f"up to {grace:.0f}s" if grace else "none running")
         runtime.close()
+        from diffusers_backend.engine.progress import HUB
+
+        HUB.close()  # Watch streams end now rather than hold the grace period
         health_servicer.enter_graceful_shutdown()  # grpc health: NOT_SERVING from now on
         server.stop(grace)
 

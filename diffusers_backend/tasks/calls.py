@@ -26,6 +26,9 @@ DEFAULT_CFG = 7.0
 DEFAULT_IMG2IMG_STRENGTH = 0.75
 MAX_SEED = 2**31 - 1
 IsCancelled = Callable[[], bool]  # the cancel probe every layer above passes down
+# (pipe, 0-based step, callback kwargs) after each step of a call; set by engine/progress.py
+# (the layer above), which reports it to whoever watches.
+step_reporter: Callable[[Any, int, dict[str, Any]], None] | None = None
 
 
 class PictureOutput:
@@ -123,12 +126,15 @@ def make_generator(seed: int) -> Any:
 
 
 def cancel_callback(is_cancelled: IsCancelled) -> Callable[..., dict[str, Any]]:
-    """A step callback that stops the denoising loop once the client has gone."""
+    """A step callback that stops the denoising loop once the client has gone, and reports
+    the step to :data:`step_reporter` (the live progress hub, when the engine is loaded)."""
 
     def on_step_end(pipe: Any, step: int, timestep: Any,
                     callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         if is_cancelled():
             raise Cancelled(f"request cancelled by the client at step {step + 1}")
+        if step_reporter is not None:
+            step_reporter(pipe, step, callback_kwargs)
         return callback_kwargs
 
     return on_step_end
