@@ -1,6 +1,7 @@
 """media/files.py: the output path checked before any work (check_output_path), and PNG
 outputs written atomically (write_png_atomic): whole or not at all, the old file kept on a
-failure, modes as a new or replaced file should have them, a full disk named.
+failure, modes as a new or replaced file should have them, a full disk named, and the
+compression level changing the size, never the pixels.
 
 Everything runs on real files in tmp_path; no model, no GPU.
 """
@@ -12,7 +13,9 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
+from features_support import same
 from harness import PNG_MAGIC
 from media_support import IS_ROOT, current_umask, leftovers, rgb
 from PIL import Image
@@ -144,3 +147,19 @@ def test_write_png_validates_path_first(tmp_path: Path) -> None:
 def test_image_to_png_bytes() -> None:
     data = image_to_png_bytes(rgb())
     assert data.startswith(PNG_MAGIC)
+
+
+def test_png_compression_changes_size_not_pixels(tmp_path):
+    from PIL import Image
+
+    from diffusers_backend import media
+
+    rng = np.random.default_rng(0)
+    smooth = np.repeat(np.linspace(0, 255, 256, dtype=np.uint8)[None, :], 256, axis=0)
+    picture = np.stack([smooth, smooth.T, (smooth // 2) + rng.integers(0, 2, smooth.shape,
+                                                                          dtype=np.uint8)], -1)
+    image = Image.fromarray(picture.astype(np.uint8), "RGB")
+    media.write_png_atomic(image, str(tmp_path / "fast.png"), compress_level=0)
+    media.write_png_atomic(image, str(tmp_path / "small.png"), compress_level=9)
+    assert (tmp_path / "small.png").stat().st_size < (tmp_path / "fast.png").stat().st_size
+    assert same(tmp_path / "fast.png", tmp_path / "small.png")
