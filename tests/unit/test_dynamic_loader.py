@@ -19,10 +19,6 @@ import pytest
 import diffusers_dynamic_loader as dl
 from diffusers_backend.registry.store import REGISTRY
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-AUTO_CORE = {"AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting"}
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
