@@ -95,6 +95,7 @@ def test_options_refused_at_load(tmp_path):
             check_control_options(options, str(tmp_path))
 
 
+@pytest.mark.slow  # a whole pipeline or model runs (left out of make test-fast)
 def test_depth_annotator_makes_a_depth_map_of_the_picture_size():
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3),
                                                                 dtype=np.uint8))

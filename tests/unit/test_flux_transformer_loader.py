@@ -43,6 +43,7 @@ def test_flux_transformer_defaults_to_qfloat8_in_bf16_like_localai():
     assert not _qtypes(pipe.vae)
 
 
+@pytest.mark.slow  # a whole pipeline or model runs (left out of make test-fast)
 def test_flux_transformer_from_folders_with_chosen_quantization_and_dtype(tmp_path):
     """A transformer folder and a whole Flux folder both work; Quantization and torch_dtype
     override LocalAI's defaults (none keeps full weights)."""

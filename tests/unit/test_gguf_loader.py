@@ -21,6 +21,7 @@ from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.settings import Settings
 
 
+@pytest.mark.slow  # a whole pipeline or model runs (left out of make test-fast)
 @pytest.mark.parametrize("qtype, dtype_name", [("Q8_0", "bfloat16"), ("F16", "float32")])
 def test_weights_stay_quantized_and_compute_in_torch_dtype(qtype, dtype_name):
     import gguf
@@ -58,6 +59,7 @@ def test_missing_gguf_package_says_what_to_install(monkeypatch):
                           Settings(bfl_repo=str(tiny_flux_path())))
 
 
+@pytest.mark.slow  # a whole pipeline or model runs (left out of make test-fast)
 @pytest.mark.parametrize("qtype, tolerance", [("F16", 0.001), ("Q8_0", 0.02)])
 def test_gguf_weights_are_the_same_model(qtype, tolerance):
     """The GGUF transformer computes what the float one does, within its rounding: the
