@@ -1,6 +1,7 @@
 """The engine over gRPC on the tiny SD pipeline: simultaneous clients become one batch, each
 image with its own seed; the speed options (compile, channels-last, fused QKV) load, warm up
-inside LoadModel and keep the images; PNG compression changes size, not pixels."""
+inside LoadModel and keep the images. (PNG compression alone is tested in
+tests/unit/test_media_files.py.)"""
 
 from __future__ import annotations
 
@@ -90,22 +91,6 @@ def test_an_unknown_compile_mode_fails_the_load_naming_it(backend, tiny_sd):
     result = backend.load(tiny_sd, Options=["compile:true", "compile_mode:turbo"])
     assert not result.success
     assert "compile_mode 'turbo'" in result.message and "reduce-overhead" in result.message
-
-
-def test_png_compression_changes_size_not_pixels(tmp_path):
-    from PIL import Image
-
-    from diffusers_backend import media
-
-    rng = np.random.default_rng(0)
-    smooth = np.repeat(np.linspace(0, 255, 256, dtype=np.uint8)[None, :], 256, axis=0)
-    picture = np.stack([smooth, smooth.T, (smooth // 2) + rng.integers(0, 2, smooth.shape,
-                                                                          dtype=np.uint8)], -1)
-    image = Image.fromarray(picture.astype(np.uint8), "RGB")
-    media.write_png_atomic(image, str(tmp_path / "fast.png"), compress_level=0)
-    media.write_png_atomic(image, str(tmp_path / "small.png"), compress_level=9)
-    assert (tmp_path / "small.png").stat().st_size < (tmp_path / "fast.png").stat().st_size
-    assert same(tmp_path / "fast.png", tmp_path / "small.png")
 
 
 def test_profile_dir_writes_a_trace_per_pipeline_call(tmp_path, tiny_sd):

@@ -1,5 +1,6 @@
-"""Plugging into LocalAI: run.sh started the way LocalAI starts an external backend, and the
-backend-gallery packaging (Dockerfile + gallery.yaml) consistent with the repository.
+"""Plugging into LocalAI: run.sh started the way LocalAI starts an external backend. The
+backend-gallery packaging (Dockerfile + gallery.yaml) is read in process in
+tests/unit/test_localai_packaging.py.
 
 ``--external-grpc-backends "diffusers:<path>/run.sh"`` makes LocalAI run ``run.sh --addr
 127.0.0.1:PORT`` from its own working directory, with its environment plus ``HF_HOME`` set to
@@ -12,11 +13,9 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 from features_support import pixels
 from harness import REPO_ROOT, backend_pb2, backend_pb2_grpc, free_port
 from localai_host import LocalAIHost
@@ -81,31 +80,3 @@ def test_run_sh_from_another_directory_with_the_hosts_environment(tmp_path):
             proc.wait()
         log.close()
     assert not list(elsewhere.iterdir()), "run.sh must not write into the host's directory"
-
-
-def test_gallery_entries_name_images_the_dockerfile_builds():
-    """Every variant LocalAI may pick has an image whose BUILD_TYPE has a requirements file,
-    and the image puts run.sh at its top level (where LocalAI looks for it)."""
-    entries = yaml.safe_load((REPO_ROOT / "gallery.yaml").read_text())
-    by_name = {entry["name"]: entry for entry in entries}
-    meta = by_name["diffusers-grpc"]
-    assert meta["alias"] == "diffusers"
-    for capability, name in meta["capabilities"].items():
-        uri = by_name[name]["uri"]
-        build_type = uri.rsplit("-", 1)[-1]
-        assert (REPO_ROOT / f"requirements-{build_type}.txt").is_file(), (capability, uri)
-    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    assert "FROM scratch" in dockerfile and "COPY --from=builder /backend/ /" in dockerfile
-    assert "run.sh" in dockerfile
-    run_sh = (REPO_ROOT / "run.sh").read_text()
-    assert "python/bin/python3" in run_sh  # the interpreter the image bundles
-
-
-def test_the_docs_show_the_three_ways_localai_runs_this_backend():
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert '--external-grpc-backends "diffusers:' in readme and "/run.sh" in readme
-    page = (REPO_ROOT / "docs" / "localai.md").read_text()
-    assert '--external-grpc-backends "diffusers:' in page  # 1. LocalAI starts it
-    assert '--external-grpc-backends "diffusers:gpu-box:50051"' in page  # 2. already running
-    assert "LOCALAI_BACKEND_GALLERIES" in page  # 3. a gallery image
-    assert Path(REPO_ROOT / "gallery.yaml").name in page

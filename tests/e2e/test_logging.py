@@ -1,20 +1,16 @@
-"""Request log lines (one per generation, timings split) in text and JSON formats."""
+"""Request log lines (one per generation, timings split) in text and JSON formats, from a
+real server. The format setting and the formatter alone are tested in
+tests/unit/test_log_format.py."""
 
 from __future__ import annotations
 
 import json
-import logging
 import re
-import sys
 import time
 
 import grpc
 import pytest
 from harness import start_backend
-
-from diffusers_backend.engine.timings import RequestTimings
-from diffusers_backend.serving.logs import JsonFormatter, log_request
-from diffusers_backend.settings import SettingsError, load_settings
 
 
 def wait_for(predicate, server, timeout: float = 10.0):
@@ -84,34 +80,3 @@ def test_text_request_line(loaded_backend, tmp_path):
         r"steps=2 batch=1 pipeline=StableDiffusionPipeline")
     wait_for(pattern.search, loaded_backend)
     assert "metrics on" not in loaded_backend.log()  # metrics are off by default
-
-
-def test_log_format_setting():
-    assert load_settings({}).log_format == "text"
-    assert load_settings({"DIFFUSERS_LOG_FORMAT": "JSON"}).log_format == "json"
-    with pytest.raises(SettingsError, match="DIFFUSERS_LOG_FORMAT must be text or json"):
-        load_settings({"DIFFUSERS_LOG_FORMAT": "xml"})
-
-
-def test_json_formatter_keeps_tracebacks_on_one_line():
-    try:
-        raise ValueError("boom\nsecond line")
-    except ValueError:
-        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed %s", ("here",),
-                                   sys.exc_info())
-    line = JsonFormatter().format(record)
-    assert "\n" not in line
-    entry = json.loads(line)
-    assert entry["message"] == "failed here" and entry["level"] == "ERROR"
-    assert "ValueError: boom" in entry["exception"]
-
-
-def test_request_line_without_worker_timings(caplog):
-    """A request refused before the worker (nothing measured) still logs its line."""
-    with caplog.at_level(logging.INFO, logger="diffusers_backend.requests"):
-        log_request("UpscaleImage", "NOT_FOUND", 0.0123, RequestTimings())
-    (record,) = caplog.records
-    assert record.getMessage() == (
-        "UpscaleImage NOT_FOUND in 0.012s (queue -, prepare -, pipeline -, write -) "
-        "seed=- size=- steps=- batch=- pipeline=-")
-    assert record.fields == {"rpc": "UpscaleImage", "code": "NOT_FOUND", "total_s": 0.0123}

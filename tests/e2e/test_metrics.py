@@ -1,5 +1,6 @@
 """Prometheus metrics end to end: a real server with DIFFUSERS_METRICS_ADDR and a token,
-real LoadModel/GenerateImage calls (good and bad), the endpoint scraped over HTTP."""
+real LoadModel/GenerateImage calls (good and bad), the endpoint scraped over HTTP. The
+address parsing and the size buckets are tested in tests/unit/test_metrics_settings.py."""
 
 from __future__ import annotations
 
@@ -15,9 +16,6 @@ import grpc
 import pytest
 from harness import REPO_ROOT, backend_pb2, free_port, start_backend
 from prometheus_client.parser import text_string_to_metric_families
-
-from diffusers_backend.serving.metrics import size_bucket
-from diffusers_backend.settings import SettingsError, load_settings, parse_metrics_addr
 
 TOKEN = "metrics-test-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -160,27 +158,3 @@ def test_busy_metrics_port_stops_start_up(tmp_path):
             env={**os.environ, "DIFFUSERS_METRICS_ADDR": str(port)})
     assert proc.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{port} (DIFFUSERS_METRICS_ADDR)" in proc.stderr
-
-
-@pytest.mark.parametrize(("raw", "addr"), [
-    ("", ""), ("9090", "127.0.0.1:9090"), (":9090", "127.0.0.1:9090"),
-    ("0.0.0.0:9100", "0.0.0.0:9100"), ("[::1]:9090", "[::1]:9090"),
-])
-def test_metrics_addr_parsing(raw, addr):
-    assert parse_metrics_addr(raw) == addr
-    assert load_settings({"DIFFUSERS_METRICS_ADDR": raw}).metrics_addr == addr
-
-
-@pytest.mark.parametrize("raw", ["http://x:1", "host:port", "99999", "localhost"])
-def test_bad_metrics_addr_is_refused(raw):
-    with pytest.raises(SettingsError, match="DIFFUSERS_METRICS_ADDR"):
-        load_settings({"DIFFUSERS_METRICS_ADDR": raw})
-
-
-def test_size_buckets():
-    assert size_bucket(64, 64) == "<=256x256"
-    assert size_bucket(512, 512) == "<=512x512"
-    assert size_bucket(640, 512) == "<=768x768"
-    assert size_bucket(1024, 1024) == "<=1024x1024"
-    assert size_bucket(0, 0) == "unknown"
-    assert size_bucket(8192, 8192) == ">4096x4096"

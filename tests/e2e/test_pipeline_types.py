@@ -5,7 +5,9 @@ names come from LocalAI's docs (``docs/content/features/image-generation.md``, i
 pipeline_type table and examples) and gallery (every diffusers ``pipeline_type``), plus the
 names LocalAI's backend.py handles itself. Each family that can be built tiny offline is
 loaded over gRPC on a real server with the YAML's pipeline_type and fields, then runs one
-tiny generation; the rest are checked for the class and special loader they resolve to.
+tiny generation. Every name's class and special loader is checked in process in
+tests/unit/test_pipeline_type_resolution.py, FluxTransformer2DModel's loader in
+tests/unit/test_flux_transformer_loader.py.
 """
 
 from __future__ import annotations
@@ -34,13 +36,6 @@ from tiny_video_models import (
     tiny_text_to_video_path,
 )
 from video_read import read_video
-
-from diffusers_backend.errors import LoadError
-from diffusers_backend.loading import special
-from diffusers_backend.loading.model_ref import ModelRef, RefKind
-from diffusers_backend.loading.pipeline_loader import resolve_class
-from diffusers_backend.loading.spec import LoadSpec
-from diffusers_backend.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -167,144 +162,3 @@ def test_flux_transformer_is_quantized_to_qfloat8_on_the_bfl_repo_base(server):
         assert "quantized to qfloat8 (optimum-quanto), base " + str(tiny_flux_path()) in log
     finally:
         free(server)
-
-
-# --------------------------------------------------------------------------------------
-# Resolution: every name LocalAI uses -> class and loader (no server, imports only)
-# --------------------------------------------------------------------------------------
-
-RESOLUTION = [
-    # (pipeline_type, model folder or None, class it resolves to, loader)
-    ("StableDiffusionPipeline", None, "StableDiffusionPipeline", "default_load"),
-    ("StableDiffusionImg2ImgPipeline", None, "StableDiffusionImg2ImgPipeline", "default_load"),
-    ("StableDiffusionDepth2ImgPipeline", None, "StableDiffusionDepth2ImgPipeline",
-     "default_load"),
-    ("DiffusionPipeline", tiny_svd_path, "StableVideoDiffusionPipeline", "load_svd"),
-    ("StableDiffusionXLPipeline", None, "StableDiffusionXLPipeline", "default_load"),
-    ("StableVideoDiffusionPipeline", None, "StableVideoDiffusionPipeline", "load_svd"),
-    ("AutoPipelineForText2Image", None, "AutoPipelineForText2Image", "default_load"),
-    ("VideoDiffusionPipeline", tiny_text_to_video_path, "TextToVideoSDPipeline",
-     "default_load"),
-    ("StableDiffusion3Pipeline", None, "StableDiffusion3Pipeline", "default_load"),
-    ("FluxPipeline", None, "FluxPipeline", "load_flux"),
-    ("FluxTransformer2DModel", None, "FluxTransformer2DModel", "load_flux_transformer"),
-    ("SanaPipeline", None, "SanaPipeline", "load_sana"),
-    ("ZImagePipeline", None, "ZImagePipeline", "default_load"),
-    ("QwenImageEditPipeline", None, "QwenImageEditPipeline", "default_load"),
-    ("LTX2ImageToVideoPipeline", None, "LTX2ImageToVideoPipeline", "default_load"),
-    ("StableDiffusionUpscalePipeline", None, "StableDiffusionUpscalePipeline", "default_load"),
-    ("ChromaPipeline", None, "ChromaPipeline", "default_load"),
-    # handled by name in LocalAI's backend.py, not in its docs or gallery
-    ("LTX2Pipeline", None, "LTX2Pipeline", "default_load"),
-    ("WanPipeline", None, "WanPipeline", "load_wan"),
-    ("WanImageToVideoPipeline", None, "WanImageToVideoPipeline", "load_wan"),
-    ("StableDiffusionLatentUpscalePipeline", None, "StableDiffusionLatentUpscalePipeline",
-     "default_load"),
-]
-
-
-@pytest.mark.parametrize("name, model, cls_name, loader", RESOLUTION,
-                         ids=[row[0] for row in RESOLUTION])
-def test_every_localai_name_resolves_to_its_class_and_loader(name, model, cls_name, loader):
-    folder = str(model() if model else tiny_sd_path())
-    cls = resolve_class(LoadSpec(model=folder, pipeline_type=name),
-                        ModelRef(RefKind.FOLDER, folder))
-    assert cls.__name__ == cls_name
-    assert special.loader_for(cls.__name__) is getattr(special, loader)
-
-
-def test_qwen_image_edit_resolves_but_is_not_built_here():
-    """QwenImageEditPipeline (gallery: qwen-image-edit, -2509) only resolves here: its
-    Qwen2VLProcessor needs a video processor, which transformers 5 only provides with
-    torchvision, and torchvision is not installed (a tiny pipeline can neither be built nor
-    loaded). The class and loader it would use are checked above; this pins the reason."""
-    import transformers
-
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        assert "dummy" in transformers.BaseVideoProcessor.__module__
-    else:
-        pytest.skip("torchvision is installed: a tiny Qwen-Image-Edit could be built now")
-
-
-def test_legacy_names_are_case_insensitive_like_class_names():
-    folder = str(tiny_text_to_video_path())
-    ref = ModelRef(RefKind.FOLDER, folder)
-    for name in ("fluxtransformer2dmodel", "FLUXTRANSFORMER2DMODEL"):
-        assert resolve_class(LoadSpec(model=folder, pipeline_type=name), ref).__name__ == (
-            "FluxTransformer2DModel")
-    spec = LoadSpec(model=folder, pipeline_type="videodiffusionpipeline")
-    assert resolve_class(spec, ref).__name__ == "TextToVideoSDPipeline"
-
-
-def test_an_unknown_pipeline_type_still_fails_with_suggestions(tiny_sd):
-    spec = LoadSpec(model=str(tiny_sd), pipeline_type="FluxTransformer3DModel")
-    with pytest.raises(LoadError, match="pipeline_type 'FluxTransformer3DModel'"):
-        resolve_class(spec, ModelRef(RefKind.FOLDER, str(tiny_sd)))
-
-
-# --------------------------------------------------------------------------------------
-# FluxTransformer2DModel's loader, called directly on tiny real weights
-# --------------------------------------------------------------------------------------
-
-
-def _flux_transformer(ref: ModelRef, **spec_fields):
-    import torch
-
-    spec = LoadSpec(model=ref.location, **spec_fields)
-    return special.load_flux_transformer(None, ref, {"torch_dtype": torch.float32}, spec,
-                                         Settings(bfl_repo=str(tiny_flux_path())))
-
-
-def _qtypes(module) -> set[str]:
-    from optimum.quanto import QModuleMixin
-
-    return {str(m.weight_qtype) for m in module.modules() if isinstance(m, QModuleMixin)}
-
-
-def test_flux_transformer_defaults_to_qfloat8_in_bf16_like_localai():
-    import torch
-
-    pipe = _flux_transformer(ModelRef(RefKind.SINGLE_FILE, str(tiny_flux_transformer_file())),
-                             f16=True)
-    assert type(pipe).__name__ == "FluxPipeline"
-    assert pipe.transformer.dtype == torch.bfloat16
-    for component in (pipe.transformer, pipe.text_encoder_2):
-        assert _qtypes(component) == {"quanto.qfloat8_e4m3fn"}, type(component).__name__
-    assert not _qtypes(pipe.vae)
-
-
-def test_flux_transformer_from_folders_with_chosen_quantization_and_dtype(tmp_path):
-    """A transformer folder and a whole Flux folder both work; Quantization and torch_dtype
-    override LocalAI's defaults (none keeps full weights)."""
-    import torch
-    from diffusers import FluxTransformer2DModel
-
-    alone = tmp_path / "transformer-only"
-    FluxTransformer2DModel.from_pretrained(tiny_flux_path(), subfolder="transformer") \
-        .save_pretrained(alone)
-    pipe = _flux_transformer(ModelRef(RefKind.FOLDER, str(alone)), quantization="int4",
-                             options={"torch_dtype": "fp32"})
-    assert _qtypes(pipe.transformer) == {"quanto.qint4"}
-    assert pipe.transformer.dtype == torch.float32
-    pipe = _flux_transformer(ModelRef(RefKind.FOLDER, str(tiny_flux_path())),
-                             quantization="none", options={"torch_dtype": "fp32"})
-    assert not _qtypes(pipe.transformer) and not _qtypes(pipe.text_encoder_2)
-    image = pipe(prompt="a cat", height=32, width=32, num_inference_steps=2,
-                 generator=torch.Generator().manual_seed(1), output_type="np").images[0]
-    assert image.shape == (32, 32, 3) and image.std() > 0
-
-
-def test_flux_int8_with_bf16_is_refused_on_cpu_instead_of_crashing():
-    """optimum-quanto 0.2.7 segfaults on CPU running qint8 weights in bfloat16 (measured:
-    the process dies), so the load fails first, saying what works."""
-    ref = ModelRef(RefKind.SINGLE_FILE, str(tiny_flux_transformer_file()))
-    with pytest.raises(LoadError, match="int8 quantization with bfloat16 crashes"):
-        _flux_transformer(ref, quantization="int8")
-
-
-def test_flux_transformer_refuses_an_unknown_quantization_by_name():
-    ref = ModelRef(RefKind.SINGLE_FILE, str(tiny_flux_transformer_file()))
-    with pytest.raises(LoadError, match="unknown quantization 'fp3'"):
-        _flux_transformer(ref, quantization="fp3")

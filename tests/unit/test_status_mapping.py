@@ -2,21 +2,17 @@
 (``serving/status.py``), and the out-of-memory test it relies on (``errors.py``).
 
 Every branch has a test here, so removing or reordering one fails this file. The wrapper
-(:func:`grpc_method`) is driven through a real gRPC server in this process, on loopback.
+(:func:`grpc_method`) that applies the mapping over gRPC is tested in
+tests/e2e/test_status_over_grpc.py.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
-import time
 from collections.abc import Iterator
-from concurrent import futures
-from typing import Any
 
 import grpc
 import pytest
-from harness import backend_pb2, backend_pb2_grpc
 
 from diffusers_backend.errors import (
     MAX_MESSAGE_CHARS,
@@ -33,7 +29,7 @@ from diffusers_backend.errors import (
     is_out_of_memory,
     short_message,
 )
-from diffusers_backend.serving.status import grpc_method, status_for
+from diffusers_backend.serving.status import status_for
 
 Code = grpc.StatusCode
 OOM_ADVICE = ("out of memory while generating; try a smaller size, fewer frames, "
@@ -229,109 +225,3 @@ def test_no_status_message_carries_a_traceback():
         text = "".join(traceback.format_exception(exc))
     for cls in (ValueError, RuntimeError, FileNotFoundError, InvalidArgument, AttributeError):
         _no_traceback(status_for(cls(f"it failed\n{text}"))[1])
-
-
-# -- the wrapper, over a real gRPC server ------------------------------------------------------
-
-class RaisingServicer(backend_pb2_grpc.BackendServicer):
-    """Health raises what the test sets, through :func:`grpc_method` like every servicer."""
-
-    error: BaseException | None = None
-
-    @grpc_method
-    def Health(self, request, context):  # noqa: N802 - the proto's name
-        if self.error is not None:
-            raise self.error
-        return backend_pb2.Reply(message=b"OK")
-
-
-@pytest.fixture(scope="module")
-def raising() -> Iterator[tuple[RaisingServicer, backend_pb2_grpc.BackendStub]]:
-    servicer = RaisingServicer()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    backend_pb2_grpc.add_BackendServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield servicer, backend_pb2_grpc.BackendStub(channel)
-    channel.close()
-    server.stop(grace=None)
-
-
-def _call(raising, error: BaseException | None, timeout: float = 10) -> Any:
-    """Health's reply, or the RpcError it ended with."""
-    servicer, stub = raising
-    servicer.error = error
-    try:
-        return stub.Health(backend_pb2.HealthMessage(), timeout=timeout)
-    except grpc.RpcError as exc:
-        return exc
-
-
-@pytest.fixture()
-def rpc_log(caplog) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.INFO, logger="diffusers_backend.rpc")
-    return caplog
-
-
-def _records(caplog, within: float = 5.0) -> list[logging.LogRecord]:
-    """The wrapper's log records, once there is one (the server thread logs before it
-    answers, but a client whose deadline passed may return first)."""
-    deadline = time.monotonic() + within
-    while True:
-        found = [r for r in caplog.records if r.name == "diffusers_backend.rpc"]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.01)
-
-
-def test_the_wrapper_passes_a_reply_through(raising, rpc_log):
-    assert _call(raising, None).message == b"OK"
-    assert _records(rpc_log, within=0) == []
-
-
-@pytest.mark.parametrize("error", [
-    InvalidArgument("steps must be 1 to 500, got 0"),
-    ValueError("`callback_steps` has to be a positive integer but is 0"),
-    FileNotFoundError(2, "No such file or directory", "/x/lora.safetensors"),
-    FailedPrecondition("no model is loaded: call LoadModel first"),
-], ids=["own", "ValueError", "FileNotFoundError", "FailedPrecondition"])
-def test_a_refusal_aborts_with_its_status_and_logs_one_info_line(raising, rpc_log, error):
-    reply = _call(raising, error)
-    code, message = status_for(error)
-    assert (reply.code(), reply.details()) == (code, message)
-    [record] = _records(rpc_log)
-    assert record.levelno == logging.INFO and record.exc_info is None
-    assert record.getMessage() == f"Health refused ({code.name}): {message}"
-
-
-@pytest.mark.parametrize("error", [
-    AttributeError("'NoneType' object has no attribute 'to'"),
-    RuntimeError(CPU_OOM),
-], ids=["internal", "out-of-memory"])
-def test_a_failure_aborts_with_its_status_and_logs_the_traceback(raising, rpc_log, error):
-    reply = _call(raising, error)
-    code, message = status_for(error)
-    assert (reply.code(), reply.details()) == (code, message)
-    _no_traceback(reply.details())
-    [record] = _records(rpc_log)
-    assert record.levelno == logging.ERROR
-    assert record.exc_info is not None and record.exc_info[1] is error  # the full story, logged
-    assert record.getMessage() == f"Health failed: {message}"
-
-
-def test_a_cancel_with_time_left_is_logged_as_the_client_cancelling(raising, rpc_log):
-    reply = _call(raising, Cancelled("request cancelled by the client"), timeout=30)
-    assert reply.code() is Code.CANCELLED
-    [record] = _records(rpc_log)
-    assert record.levelno == logging.WARNING
-    assert record.getMessage() == ("Health cancelled (client cancelled), work stopped: "
-                                   "request cancelled by the client")
-
-
-def test_a_cancel_at_the_deadline_is_logged_as_the_deadline_passing(raising, rpc_log):
-    """A client deadline within the slack (0.25 s) of running out reads as "deadline passed"."""
-    _call(raising, Cancelled("request cancelled by the client"), timeout=0.24)
-    [record] = _records(rpc_log)
-    assert record.levelno == logging.WARNING
-    assert "Health cancelled (deadline passed), work stopped" in record.getMessage()

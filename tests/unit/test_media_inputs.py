@@ -1,4 +1,8 @@
-"""Tests for diffusers_backend.media: validated inputs, atomic outputs, safe upscaling.
+"""media/inputs.py: validated inputs. Pictures and masks opened whatever their mode, format
+or orientation, and refused with a clear status when missing, unreadable, truncated or too
+big (decompression bombs refused from the header); inpainting inputs from LocalAI's JSON or
+ref_images. The other media modules have their own test modules (test_media_files.py,
+test_media_video.py, test_media_resize.py).
 
 Everything runs on real files in tmp_path; no model, no GPU.
 """
@@ -10,7 +14,6 @@ import errno
 import io
 import json
 import os
-import stat
 import struct
 import time
 import zlib
@@ -19,41 +22,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from harness import PNG_MAGIC
+from media_support import IS_ROOT, MAX, rgb, save
 from PIL import Image
-from video_read import read_video
 
 from diffusers_backend.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    ResourceExhausted,
 )
 from diffusers_backend.media import (
-    check_output_path,
     image_to_png_bytes,
     is_inpaint_json,
-    lanczos_upscale,
     load_inpaint_inputs,
     open_image,
     open_mask,
-    write_png_atomic,
-    write_video_atomic,
 )
 
-MAX = 4096 * 4096
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def save(image: Image.Image, path: Path, fmt: str = "PNG", **kw) -> str:
-    image.save(path, format=fmt, **kw)
-    return str(path)
-
-
-def rgb(size: tuple[int, int] = (32, 24), color=(200, 100, 50)) -> Image.Image:
-    return Image.new("RGB", size, color)
 
 
 def png_b64(image: Image.Image) -> str:
@@ -73,16 +58,6 @@ def bomb_png(path: Path, width: int = 100_000, height: int = 100_000) -> str:
     data += png_chunk(b"IEND", b"")
     path.write_bytes(data)
     return str(path)
-
-
-def leftovers(folder: Path, keep: set[str]) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
-
-
-def current_umask() -> int:
-    old = os.umask(0)
-    os.umask(old)
-    return old
 
 
 # --------------------------------------------------------------------------- open_image
@@ -447,215 +422,3 @@ def test_inpaint_bomb_in_json_refused(tmp_path: Path) -> None:
     src = write_json(tmp_path / "req", {"image": bomb, "mask_image": bomb})
     with pytest.raises(InvalidArgument, match='"image" image is too large.*req'):
         load_inpaint_inputs(src, [], max_pixels=MAX)
-
-
-# --------------------------------------------------------------------------- output path
-
-
-def test_check_output_path_ok(tmp_path: Path) -> None:
-    assert check_output_path(str(tmp_path / "out.png")) == tmp_path / "out.png"
-
-
-def test_check_output_path_empty() -> None:
-    with pytest.raises(InvalidArgument, match="dst is empty"):
-        check_output_path("")
-    with pytest.raises(InvalidArgument, match="dst is empty"):
-        check_output_path("   ")
-
-
-def test_check_output_path_folder(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgument, match=f"dst is a folder.*{tmp_path}"):
-        check_output_path(str(tmp_path))
-
-
-def test_check_output_path_missing_parent(tmp_path: Path) -> None:
-    dst = str(tmp_path / "no" / "such" / "out.png")
-    with pytest.raises(NotFound, match=f"output folder does not exist: {tmp_path}/no/such"):
-        check_output_path(dst)
-
-
-def test_check_output_path_parent_is_file(tmp_path: Path) -> None:
-    parent = tmp_path / "file"
-    parent.write_text("x")
-    with pytest.raises(InvalidArgument, match="not a folder"):
-        check_output_path(str(parent / "out.png"))
-
-
-def test_check_output_path_field_name(tmp_path: Path) -> None:
-    with pytest.raises(NotFound, match="video_dst="):
-        check_output_path(str(tmp_path / "x" / "o.mp4"), field="video_dst")
-
-
-def test_check_output_path_not_writable_mapped(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(os, "access", lambda *a, **kw: False)
-    with pytest.raises(PermissionDenied, match=f"not writable: {tmp_path}"):
-        check_output_path(str(tmp_path / "out.png"))
-
-
-@pytest.mark.skipif(IS_ROOT, reason="root may write any folder")
-def test_check_output_path_not_writable_real(tmp_path: Path) -> None:
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        with pytest.raises(PermissionDenied, match="ro"):
-            check_output_path(str(folder / "out.png"))
-    finally:
-        folder.chmod(0o755)
-
-
-# --------------------------------------------------------------------------- PNG output
-
-
-def test_write_png_at_tmp_name_is_png(tmp_path: Path) -> None:
-    dst = tmp_path / "result.tmp"
-    write_png_atomic(rgb((20, 10)), str(dst))
-    data = dst.read_bytes()
-    assert data.startswith(PNG_MAGIC)
-    with Image.open(dst) as im:
-        assert im.format == "PNG"
-        assert im.size == (20, 10)
-    assert leftovers(tmp_path, {"result.tmp"}) == []
-
-
-def test_write_png_new_file_is_readable_by_others(tmp_path: Path) -> None:
-    dst = tmp_path / "out.png"
-    write_png_atomic(rgb(), str(dst))
-    mode = stat.S_IMODE(dst.stat().st_mode)
-    assert mode == 0o666 & ~current_umask()
-
-
-def test_write_png_keeps_existing_mode(tmp_path: Path) -> None:
-    dst = tmp_path / "out.png"
-    dst.write_bytes(b"old")
-    dst.chmod(0o640)
-    write_png_atomic(rgb(), str(dst))
-    assert stat.S_IMODE(dst.stat().st_mode) == 0o640
-    assert dst.read_bytes().startswith(PNG_MAGIC)
-
-
-def test_write_png_failure_keeps_old_file(tmp_path: Path) -> None:
-    dst = tmp_path / "out.png"
-    dst.write_bytes(b"previous result")
-    with pytest.raises(OSError):
-        write_png_atomic(Image.new("CMYK", (8, 8)), str(dst))  # PNG cannot hold CMYK
-    assert dst.read_bytes() == b"previous result"
-    assert leftovers(tmp_path, {"out.png"}) == []
-
-
-def test_write_png_failure_from_save_cleans_up(tmp_path: Path) -> None:
-    class Boom:
-        def save(self, target, **kw):
-            with open(target, "wb") as fh:
-                fh.write(b"partial bytes")
-            raise RuntimeError("encoder exploded")
-
-    dst = tmp_path / "out.png"
-    with pytest.raises(RuntimeError, match="exploded"):
-        write_png_atomic(Boom(), str(dst))  # type: ignore[arg-type]
-    assert not dst.exists()
-    assert leftovers(tmp_path, set()) == []
-
-
-def test_write_png_disk_full_is_resource_exhausted(tmp_path: Path) -> None:
-    class Full:
-        def save(self, *a, **kw):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    dst = tmp_path / "out.png"
-    with pytest.raises(ResourceExhausted, match="no space left.*out.png"):
-        write_png_atomic(Full(), str(dst))  # type: ignore[arg-type]
-    assert leftovers(tmp_path, set()) == []
-
-
-def test_write_png_validates_path_first(tmp_path: Path) -> None:
-    with pytest.raises(NotFound, match="output folder does not exist"):
-        write_png_atomic(rgb(), str(tmp_path / "missing" / "o.png"))
-    with pytest.raises(InvalidArgument, match="dst is a folder"):
-        write_png_atomic(rgb(), str(tmp_path))
-
-
-def test_image_to_png_bytes() -> None:
-    data = image_to_png_bytes(rgb())
-    assert data.startswith(PNG_MAGIC)
-
-
-# --------------------------------------------------------------------------- video output
-
-
-def test_write_video_pil_frames(tmp_path: Path) -> None:
-    frames = [Image.new("RGB", (64, 64), (i * 30, 0, 0)) for i in range(8)]
-    dst = tmp_path / "clip.tmp"  # the ending must not matter
-    write_video_atomic(frames, str(dst), fps=7)
-    assert leftovers(tmp_path, {"clip.tmp"}) == []
-    assert dst.read_bytes()[4:8] == b"ftyp"  # an MP4 container whatever the name
-    video = read_video(dst)
-    assert (len(video.frames), video.size) == (8, (64, 64))
-    assert video.fps == pytest.approx(7.0)
-
-
-def test_write_video_float_array_odd_size(tmp_path: Path) -> None:
-    frames = np.random.default_rng(0).random((5, 33, 47, 3), dtype=np.float32)
-    dst = tmp_path / "odd.mp4"
-    write_video_atomic(frames, str(dst), fps=8)
-    video = read_video(dst)
-    assert len(video.frames) == 5
-    assert video.size == (48, 34)  # padded to even by one pixel, not rescaled to 16s
-
-
-def test_write_video_uint8_list(tmp_path: Path) -> None:
-    frames = [np.full((32, 32, 3), 200, dtype=np.uint8) for _ in range(3)]
-    dst = tmp_path / "u8.mp4"
-    write_video_atomic(frames, str(dst), fps=4)
-    first = read_video(dst).frames[0]
-    assert abs(int(first.mean()) - 200) < 8  # uint8 frames are not multiplied by 255
-
-
-def test_write_video_failure_keeps_old_file(tmp_path: Path) -> None:
-    dst = tmp_path / "v.mp4"
-    dst.write_bytes(b"old video")
-    frames = [Image.new("RGB", (32, 32)), Image.new("RGB", (16, 16))]
-    with pytest.raises(InvalidArgument, match="frame 1 is 16x16 but frame 0 is 32x32"):
-        write_video_atomic(frames, str(dst), fps=7)
-    assert dst.read_bytes() == b"old video"
-    assert leftovers(tmp_path, {"v.mp4"}) == []
-
-
-def test_write_video_rejects_bad_input(tmp_path: Path) -> None:
-    dst = str(tmp_path / "v.mp4")
-    with pytest.raises(InvalidArgument, match="no video frames"):
-        write_video_atomic([], dst, fps=7)
-    with pytest.raises(InvalidArgument, match="fps"):
-        write_video_atomic([rgb()], dst, fps=0)
-    with pytest.raises(NotFound, match="output folder does not exist"):
-        write_video_atomic([rgb()], str(tmp_path / "x" / "v.mp4"), fps=7)
-    assert leftovers(tmp_path, set()) == []
-
-
-# --------------------------------------------------------------------------- upscale
-
-
-def test_lanczos_default_doubles() -> None:
-    out = lanczos_upscale(rgb((30, 20)), 0, max_pixels=MAX)
-    assert out.size == (60, 40)
-    assert out.mode == "RGB"
-
-
-def test_lanczos_scale_three_and_one() -> None:
-    src = rgb((10, 7))
-    assert lanczos_upscale(src, 3, max_pixels=MAX).size == (30, 21)
-    same = lanczos_upscale(src, 1, max_pixels=MAX)
-    assert same.size == (10, 7)
-    assert same is not src
-
-
-def test_lanczos_huge_scale_refused_instantly() -> None:
-    start = time.perf_counter()
-    with pytest.raises(InvalidArgument, match="32000x24000.*limit of"):
-        lanczos_upscale(rgb((32, 24)), 1000, max_pixels=MAX)
-    assert time.perf_counter() - start < 0.1
-
-
-def test_lanczos_negative_scale() -> None:
-    with pytest.raises(InvalidArgument, match="scale must be"):
-        lanczos_upscale(rgb(), -1, max_pixels=MAX)

@@ -1,15 +1,12 @@
 """Prompt weighting for SD3 and Flux (``COMPEL=1``, A1111 syntax ``(word:1.3)``): the parser,
-the direction of the change in the embeddings on tiny real pipelines, long prompts beyond one
-CLIP chunk, and one weighted generation over gRPC on each family."""
+the direction of the change in the embeddings on tiny real pipelines in this process, and
+long prompts beyond one CLIP chunk. One weighted generation over gRPC on each family is in
+tests/e2e/test_weighted_generation.py."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from features_support import load_ok
-from harness import start_backend
-from PIL import Image
 from tiny_image_models import tiny_chroma_path, tiny_flux_path, tiny_sd3_path
 
 from diffusers_backend.prompts import build_prompt_kwargs
@@ -186,33 +183,3 @@ def test_build_prompt_kwargs_uses_it_with_compel_on(sd3):
                            "negative_pooled_prompt_embeds"}
     assert build_prompt_kwargs(sd3, "a (red:1.5) cube", "", use_compel=False,
                                clip_skip=0) == {"prompt": "a (red:1.5) cube"}
-
-
-# ------------------------------------------------------------------------- over gRPC
-
-
-@pytest.fixture(scope="module")
-def compel_server(tmp_path_factory):
-    server = start_backend(tmp_path_factory.mktemp("weighted"), env={"COMPEL": "1"})
-    yield server
-    server.stop()
-
-
-@pytest.mark.parametrize("model", [tiny_sd3_path, tiny_flux_path, tiny_chroma_path],
-                         ids=["sd3", "flux", "chroma"])
-def test_weighted_generation_over_grpc(compel_server, model, tmp_path):
-    load_ok(compel_server, model())
-    outputs = {}
-    for name, prompt in (("plain", "a red cube"), ("weighted", "(a red cube:8)"),
-                         ("one", "a (red:1.0) cube")):
-        reply = compel_server.image(tmp_path / f"{name}.png", positive_prompt=prompt, seed=5,
-                                    width=32, height=32)
-        assert reply.success, reply.message
-        with Image.open(tmp_path / f"{name}.png") as image:
-            outputs[name] = np.asarray(image.convert("RGB"), dtype=np.int16)
-    # Weight 1 is the plain prompt (up to float rounding); weight 8 changes the picture
-    # (a tiny random model reacts weakly to its text tokens, but it does).
-    one = np.abs(outputs["one"] - outputs["plain"])
-    weighted = np.abs(outputs["weighted"] - outputs["plain"])
-    assert one.max() <= 1
-    assert weighted.mean() > one.mean()

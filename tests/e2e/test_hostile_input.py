@@ -1,4 +1,4 @@
-"""Hostile input and faults, round 2 (issue 16), on real servers on loopback.
+"""Hostile input and faults on real servers on loopback.
 
 Paths that block on read (FIFOs, /dev/stdin) or break the OS's rules, SAFETENSORS through
 links and options, amplification (huge prompts, JSON and messages), confinement to allowed

@@ -1,7 +1,11 @@
-"""LocalAI parity, round 2 (issue 15): each behaviour over gRPC, sent the way LocalAI's host
-sends it (``localai_host.py``), against real tiny pipelines.
+"""Parity with LocalAI's host: each behaviour over gRPC, sent the way LocalAI's host sends it
+(``localai_host.py``), against real tiny pipelines: link models and managed artifacts,
+EnableParameters, ref_images, video parameters, Flux's sequence length, dtype words, Sana's
+bf16 variant, the x4 upscaler, SD_EMBED and packaging (torchvision, LocalAI's build types).
 
-The rows of ``docs/localai-parity.md`` that say "parity round 2" name the tests here.
+Rows of ``docs/localai-parity.md`` name the tests here. GPU offload defaults and the
+torchvision requirement are tested in process in tests/unit/test_gpu_offload_defaults.py
+and tests/unit/test_torchvision_requirement.py.
 """
 
 from __future__ import annotations
@@ -319,44 +323,7 @@ def test_an_unknown_dtype_field_loads_with_a_warning(server, tmp_path):
     assert server.image(tmp_path / "fp7.png", seed=1).success
 
 
-# -------------------------------------------------------------- 8. offload, Sana bf16
-
-
-class _OffloadRecorder:
-    """Stand-in for a pipeline on a CUDA machine (this one has no GPU, and diffusers'
-    ``enable_model_cpu_offload`` needs one): records what placement asks of it."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def enable_model_cpu_offload(self, device=None):
-        self.calls.append(f"offload:{device}")
-
-    def enable_sequential_cpu_offload(self, device=None):
-        self.calls.append(f"sequential:{device}")
-
-    def to(self, device):
-        self.calls.append(f"to:{device}")
-        return self
-
-
-@pytest.mark.parametrize("class_name,options,disable,expected", [
-    ("StableVideoDiffusionPipeline", {}, False, "offload:cuda"),
-    ("LTX2Pipeline", {}, False, "offload:cuda"),
-    ("LTX2ImageToVideoPipeline", {}, False, "offload:cuda"),
-    ("LTX2ImageToVideoPipeline", {}, True, "to:cuda"),
-    ("StableVideoDiffusionPipeline", {"cpu_offload": False}, False, "to:cuda"),
-    ("WanPipeline", {}, False, "to:cuda"),
-])
-def test_svd_and_ltx2_offload_by_default_on_a_gpu(class_name, options, disable, expected):
-    from diffusers_backend.loading.placement import apply_memory_modes
-    from diffusers_backend.loading.spec import LoadSpec
-    from diffusers_backend.settings import Settings
-
-    pipe = type(class_name, (_OffloadRecorder,), {})()
-    spec = LoadSpec(model="m", cuda=True, options=options)
-    apply_memory_modes(pipe, spec, Settings(disable_cpu_offload=disable), "cuda")
-    assert pipe.calls == [expected]
+# ------------------------------------------------------------------------ 8. Sana bf16
 
 
 def test_sana_loads_the_bf16_variant(server, tmp_path):
@@ -457,16 +424,6 @@ def test_qwen_image_edit_without_torchvision_says_so(server, tmp_path):
     assert "Traceback" not in result.message and "_extra_content" not in result.message
 
 
-def test_a_processor_without_a_video_part_needs_no_torchvision():
-    """The check only stops classes whose processor has a video part; SD passes."""
-    from diffusers import QwenImageEditPipeline, StableDiffusionPipeline
-
-    from diffusers_backend.loading.dependencies import check_pipeline_dependencies
-
-    check_pipeline_dependencies(StableDiffusionPipeline, problem=lambda: "absent")
-    check_pipeline_dependencies(QwenImageEditPipeline, problem=lambda: "")  # installed
-
-
 def _pins(name: str) -> dict[str, str]:
     lines = (REPO_ROOT / name).read_text().splitlines()
     return dict(line.split("==", 1) for line in lines if "==" in line and not line.startswith("#"))
@@ -485,10 +442,3 @@ def test_localai_build_types_are_accepted(build_type, tmp_path):
     assert pins["torch"] == _pins("requirements-cpu.txt")["torch"] == "2.13.0"
     assert pins["torchvision"] == "0.28.0"
     assert "-r requirements.txt" in (REPO_ROOT / f"requirements-{build_type}.txt").read_text()
-
-
-def test_gpu_builds_carry_torchvision_and_the_cpu_build_does_not():
-    for name in ("cuda", "cublas", "l4t", "hipblas", "intel", "mps"):
-        assert _pins(f"requirements-{name}.txt").get("torchvision", "").startswith("0.28.0"), name
-    assert "torchvision" not in _pins("requirements-cpu.txt")
-    assert "torchvision" not in _pins("requirements.txt")
