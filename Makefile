@@ -69,7 +69,7 @@ chromium:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; } || \
 	echo "note: Chromium is not installed; tests/e2e/test_live_page.py will skip"
 
-# The unit tier (tests/unit, no server process, slow tests left out): under a minute.
+# The unit tier (tests/unit, in process, slow tests left out): under a minute.
 test-fast: install $(DEV_STAMP)
 	./test.sh --fast
 
