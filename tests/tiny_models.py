@@ -235,6 +235,23 @@ def tiny_sd_with_safety_checker_path() -> Path:
     return cached_build("tiny-sd-safety-checker", _build_sd_with_safety_checker)
 
 
+def _build_tiny_autoencoder(path: Path) -> None:
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    # Two blocks of 8 channels: one 2x upsample, as the tiny SD VAE's 2x (TAESD: 8x).
+    AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                    num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1),
+                    latent_channels=4).save_pretrained(path)
+
+
+def tiny_autoencoder_path() -> Path:
+    """Folder of a tiny AutoencoderTiny (TAESD-like) for the tiny SD's 4 latent channels
+    (a few KB): the ``preview_decoder`` of live previews."""
+    return cached_build("tiny-autoencoder-tiny", _build_tiny_autoencoder)
+
+
 LORA_TARGETS_UNET = ["to_k", "to_q", "to_v", "to_out.0"]
 
 

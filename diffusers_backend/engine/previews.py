@@ -5,7 +5,9 @@ Each family's VAE latent space is close enough to linear in colour that a 3-colu
 never larger than it) for the cost of one small matrix product. The factors below are the
 published per-family fits (the ones ComfyUI's and A1111's live previews use), applied to the
 latents as the denoising loop holds them (scaled, shifted or normalised as the pipeline
-keeps them). A family without known factors gets no preview.
+keeps them). A family without known factors gets no preview. A model whose YAML names a tiny
+autoencoder (``preview_decoder``, loading/preview_decoder.py) gets its decoded picture
+instead: sharper, at output resolution, for one small decoder pass.
 """
 
 from __future__ import annotations
@@ -87,12 +89,38 @@ def _unpacked(pipe: Any, latents: Any, width: int, height: int) -> Any:
     return unpack(latents[None], height, width, scale)[0]
 
 
-def preview_png(pipe: Any, latents: Any, width: int = 0, height: int = 0) -> bytes | None:
+def decoded_rgb(decoder: Any, latents: Any) -> Any:
+    """Latents (C, H, W) decoded by a tiny autoencoder (the model's ``preview_decoder``) as
+    (H', W', 3) values in 0..1, on the decoder's device. The latents are unscaled as a
+    pipeline does before its VAE decodes them, with the decoder's own factors (TAESD: 1 and
+    0, so SD's scaled latents go in as they are)."""
+    config = decoder.config
+    scale = float(getattr(config, "scaling_factor", 1.0) or 1.0)
+    shift = float(getattr(config, "shift_factor", 0.0) or 0.0)
+    latents = latents.detach()[None].to(decoder.device, decoder.dtype) / scale + shift
+    image = decoder.decode(latents, return_dict=False)[0][0].float()
+    return (image / 2 + 0.5).permute(1, 2, 0)  # decoders give -1..1, channels first
+
+
+def _png(pixels: Any, width: int, height: int) -> bytes:
+    """(H, W, 3) uint8 as PNG, shrunk to fit within the output when it is larger."""
+    from PIL import Image
+
+    picture = Image.fromarray(pixels, "RGB")
+    if width and height and (picture.width > width or picture.height > height):
+        picture.thumbnail((width, height))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def preview_png(pipe: Any, latents: Any, width: int = 0, height: int = 0,
+                decoder: Any = None) -> bytes | None:
     """One request's latents (C, H, W), (C, F, H, W) or packed (seq, C*4) as a PNG thumbnail
-    at latent resolution; None when the family has no known map."""
+    no larger than the output: decoded by ``decoder`` (an ``AutoencoderTiny``) when the model
+    has one, else mapped at latent resolution; None when the family has no known map."""
     import numpy as np
     import torch
-    from PIL import Image
 
     with torch.no_grad():
         latents = _unpacked(pipe, latents, width, height)
@@ -100,6 +128,10 @@ def preview_png(pipe: Any, latents: Any, width: int = 0, height: int = 0) -> byt
             return None
         if latents.ndim == 4:  # video: (C, F, H, W), the latest frame
             latents = latents[:, -1]
+        if decoder is not None:
+            rgb = decoded_rgb(decoder, latents)
+            pixels = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            return _png(np.ascontiguousarray(pixels), width, height)
         found = factors_for(pipe, int(latents.shape[0]))
         if found is None:
             return None
@@ -110,7 +142,4 @@ def preview_png(pipe: Any, latents: Any, width: int = 0, height: int = 0) -> byt
         rgb = torch.einsum("chw,cr->hwr", latents.detach().float(), matrix)
         rgb = (rgb + torch.tensor(bias, device=device) + 1.0) / 2.0
         pixels = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(buffer, format="PNG",
-                                                               compress_level=1)
-    return buffer.getvalue()
+    return _png(np.ascontiguousarray(pixels), width, height)

@@ -89,6 +89,7 @@ class Track:
     ended: bool = False
     last: Event | None = None  # the latest event (the live page's starting state)
     preview: bytes = b""  # the latest preview made for it
+    decoder: Any = None  # the model's preview_decoder (an AutoencoderTiny), if it has one
 
     def event(self, stage: str, **values: Any) -> Event:
         now = time.monotonic()
@@ -183,7 +184,8 @@ class Hub:
         track = Track(f"r{next(self._ids)}", str(getattr(job, "dst", "") or ""),
                       _kind(plan), int(getattr(plan, "steps", 0) or 0),
                       int(getattr(plan, "width", 0) or 0), int(getattr(plan, "height", 0) or 0),
-                      preview_every=max(1, int(every)) if isinstance(every, int) else 1)
+                      preview_every=max(1, int(every)) if isinstance(every, int) else 1,
+                      decoder=getattr(loaded, "preview_decoder", None))
         with self._lock:
             self._tracks[track.request_id] = track
             position = sum(1 for t in self._tracks.values() if t.started_at is None)
@@ -230,7 +232,8 @@ class Hub:
         from diffusers_backend.engine.previews import preview_png
 
         try:
-            png = preview_png(pipe, latents, track.width, track.height) or b""
+            png = preview_png(pipe, latents, track.width, track.height,
+                              track.decoder) or b""
         except Exception:  # noqa: BLE001 - a preview never fails a request
             log.debug("preview failed", exc_info=True)
             return b""

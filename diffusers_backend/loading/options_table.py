@@ -204,6 +204,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("preview_every", _L, "int", "live previews (`Progress.Watch` with `previews`): one "
            "every N denoising steps, and at the last (default 1; docs/observability.md)",
            check=_steps),
+    Option("preview_decoder", _L, "folder", "a local `AutoencoderTiny` (TAESD-like) folder "
+           "live previews are decoded with instead of the linear latent-to-RGB map",
+           "with a VAE whose latent channels it decodes", path="weights"),
     # -- call options the backend itself reads; every other key is passed through as well
     Option("cfg_scale", _C, "number", "guidance scale (LocalAI's docs' spelling); an "
            "explicit `guidance_scale` option wins"),

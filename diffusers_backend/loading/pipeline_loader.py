@@ -26,6 +26,7 @@ from diffusers_backend.loading.model_ref import (
     resolve_model_ref,
 )
 from diffusers_backend.loading.options_table import FROM_PRETRAINED_KEYS
+from diffusers_backend.loading.preview_decoder import load_preview_decoder
 from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.loading.weight_guard import (
     check_model_location,
@@ -55,6 +56,8 @@ class LoadedPipeline:
     # The ``Model`` LoadModel received, which requests name as ``ModelIdentity`` (a link
     # stays the link after it was downloaded to a file).
     identity: str = ""
+    # The AutoencoderTiny live previews are decoded with (``preview_decoder``), or None.
+    preview_decoder: Any = None
 
     @property
     def class_name(self) -> str:
@@ -366,6 +369,7 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     pipe = _as_task_variant(pipe, spec, controlnet)
     adapters.load_loras(pipe, spec, settings.safetensors_only)
     ip_note = load_ip_adapter(pipe, spec, dtype, settings.safetensors_only)
+    preview = load_preview_decoder(pipe, spec, device, dtype, settings.safetensors_only)
     description = placement.apply_memory_modes(pipe, spec, settings, device)
     if ip_note:
         description += ", " + ip_note
@@ -384,7 +388,7 @@ def load_pipeline(spec: LoadSpec, settings: Settings) -> LoadedPipeline:
     warnings += spec.dtype_warnings(dtype_name)
     return LoadedPipeline(pipe=pipe, spec=spec, device=device, dtype_name=dtype_name,
                           load_seconds=elapsed, description=description,
-                          warnings=warnings, identity=identity)
+                          warnings=warnings, identity=identity, preview_decoder=preview)
 
 
 def find_class(spec: LoadSpec, settings: Settings) -> tuple[LoadSpec, type]:
