@@ -157,7 +157,9 @@ class StepLoop:
             member.largest_batch = max(member.largest_batch, len(slots))
             if len(slots) > 1:
                 member.shared_steps += 1
-            latents = member.slot.latents[0] if progress.HUB.watchers else None  # its row
+            # its row: the predicted clean image where the scheduler gives one
+            shown = member.slot.latents if member.slot.clean is None else member.slot.clean
+            latents = shown[0] if progress.HUB.watchers else None
             progress.HUB.step(member.ticket.progress, member.slot.index,
                               len(member.slot.timesteps), self.pipe, latents)
 

@@ -43,6 +43,9 @@ class Slot:
     index: int = 0
     loop: DenoiseLoop | None = None  # the family's loop, set by admission
     facts: Any = None  # the plan's CallFacts (tasks/image.py), set by admission
+    # The scheduler's predicted clean latents after the last step (``pred_original_sample``:
+    # DDIM, Euler...), or None when its step gives none; live previews show them.
+    clean: Any = None
 
     @property
     def done(self) -> bool:
@@ -88,8 +91,9 @@ def guide_and_step(slots: list[Slot], output: Any) -> None:
         if slot.cfg:
             uncond, text = pred.chunk(2)
             pred = uncond + slot.guidance * (text - uncond)
-        slot.latents = slot.scheduler.step(pred, slot.timestep(), slot.latents,
-                                           **slot.extra_step, return_dict=False)[0]
+        out = slot.scheduler.step(pred, slot.timestep(), slot.latents, **slot.extra_step)
+        slot.latents = out[0]  # prev_sample, the output's first field
+        slot.clean = getattr(out, "pred_original_sample", None)
         slot.index += 1
 
 
