@@ -52,6 +52,16 @@ def use_compile_cache() -> Path:
     return folder
 
 
+def error_on_recompile_here() -> None:
+    """Under ``DIFFUSERS_COMPILE_ERROR_ON_RECOMPILE=1``, make a recompile an error in the
+    calling thread (dynamo's config set in one thread is not seen in another, so the thread
+    that runs the pipeline calls this; see tasks/lora_call.py)."""
+    if os.environ.get(ERROR_ON_RECOMPILE_ENV, "").strip() == "1":
+        import torch._dynamo
+
+        torch._dynamo.config.error_on_recompile = True
+
+
 def denoiser(pipe: Any) -> tuple[str, Any]:
     """The pipeline's UNet / transformer / prior, with its attribute name."""
     for name in ("transformer", "unet", "prior"):
@@ -76,10 +86,7 @@ def compile_denoiser(pipe: Any, options: dict[str, Any]) -> str:
     kwargs = {"backend": backend, "mode": mode,
               "fullgraph": bool(options.get("compile_fullgraph", False))}
     folder = use_compile_cache() if backend == "inductor" else None
-    if os.environ.get(ERROR_ON_RECOMPILE_ENV, "").strip() == "1":
-        import torch._dynamo
-
-        torch._dynamo.config.error_on_recompile = True
+    error_on_recompile_here()
     if regional:
         module.compile_repeated_blocks(**kwargs)
         blocks = ", ".join(module._repeated_blocks)  # noqa: SLF001 - diffusers' declared list
