@@ -20,7 +20,7 @@ from typing import Any
 
 from diffusers_backend.errors import InvalidArgument, short_message
 from diffusers_backend.loading import lora_cache, lora_hotswap, lora_library, weight_guard
-from diffusers_backend.loading.acceleration import compile
+from diffusers_backend.loading.acceleration.compile import error_on_recompile_here
 from diffusers_backend.loading.adapters import lora_plan
 from diffusers_backend.prompts import lora_tags
 
@@ -114,7 +114,7 @@ def applied(loaded: Any, loras: LoraSet, safetensors_only: bool) -> Iterator[Non
     load-time adapters. Nothing at all happens for a tag-free request, except on a compiled
     denoiser with a hot-swap slot (:mod:`~diffusers_backend.loading.lora_hotswap`): there every
     request swaps in its own set (zeros when tag-free) and adapters are never switched."""
-    compile.error_on_recompile_here()
+    error_on_recompile_here()
     slot = lora_hotswap.slot_of(loaded.pipe)
     if slot is not None:
         _swap(loaded, slot, loras, safetensors_only)
