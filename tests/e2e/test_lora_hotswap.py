@@ -54,13 +54,12 @@ def served(tmp_path_factory, tiny_sd, models):
     out = tmp_path_factory.mktemp("lora-hotswap-eager")
     load_ok(server, tiny_sd, ModelPath=str(models))
     references = [_image(server, out / f"eager-{i}.png", p) for i, p in enumerate(SEQUENCE)]
-    reply = load_ok(server, tiny_sd, ModelPath=str(models),
+    load_ok(server, tiny_sd, ModelPath=str(models),
                     Options=["compile:true", "compile_backend:eager", "width:64", "height:64",
                              "lora_hotswap_rank:8"])
     assert "LoRA hot-swap slot rank 8" in server.log()
     yield server, references
     server.stop()
-    del reply
 
 
 def _image(server, path, prompt):
