@@ -7,7 +7,12 @@ on this thread (what the pipeline thread does, without gRPC):
      (the backend's ``ModelRuntime.load``), alternating between two LoRAs;
   2. a stream of requests cycling three LoRAs against a stream that keeps one LoRA, both
      after the adapters are cached, blocks of the two streams interleaved so the machine's
-     drifting load hits both alike: throughput, p50 and p99 per request.
+     drifting load hits both alike: throughput, p50 and p99 per request;
+  3. on a compiled denoiser (``compile:true``, ``--compile-backend``, default ``eager``:
+     inductor takes minutes per compile on this CPU): the hot-swap of the tag slot against
+     the adapter path of a compiled model without a slot (recompiles) and reloading the
+     compiled model with another ``LoraAdapter`` (load, compile, warm-up); dynamo's new
+     graphs counted over the switches and the requests served after them.
 
 Run:
   .venv/bin/python bench/bench_lora_tags.py                 # defaults below
@@ -23,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
@@ -55,6 +61,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24, help="requests per stream")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--compile-backend", default="eager")
     args = parser.parse_args()
 
     import torch
@@ -143,7 +150,63 @@ def main() -> None:
         rate = len(times) / sum(times)
         print(f"   {label:<20} {rate:7.2f} {_ms(statistics.median(times))} "
               f"{_ms(_pct(times, 0.99))}   {rate / base:6.1%}")
+    _compiled(args, runtime, sd, folder, generate)
     runtime.close()
+
+
+def _compiled(args: argparse.Namespace, runtime: ModelRuntime, sd: str, folder: Path,
+              generate: Any) -> None:
+    """3. switching on a compiled denoiser: hot-swap slot vs adapter path vs reload."""
+    import shutil
+
+    from torch._dynamo.utils import counters
+
+    settings = Settings(idle_release_s=0)
+    unet_only = ["style-b", "style-c"]  # style-a has text-encoder layers: a slot refuses it
+    options = {"compile": True, "compile_backend": args.compile_backend,
+               "width": args.size, "height": args.size}
+
+    def graphs() -> int:
+        return int(counters["stats"]["unique_graphs"])
+
+    def switches(loaded: Any) -> tuple[float, float, int]:
+        for name in unet_only:  # first use: read, and (adapter path) compiled once
+            generate(loaded, f"a cube <lora:{name}:0.8>")
+        before, times, served = graphs(), [], []
+        for index in range(args.switches):
+            name = unet_only[index % 2]
+            plan = plan_image(loaded, ImageJob(prompt=f"a cube <lora:{name}:0.{index % 9 + 1}>",
+                                               dst=str(folder / "o.png")), settings)
+            started = time.perf_counter()
+            with applied(loaded, plan.loras, True):
+                times.append(time.perf_counter() - started)
+            served.append(generate(loaded, f"a cube <lora:{name}:0.{index % 9 + 1}>"))
+        return statistics.median(times), statistics.median(served), graphs() - before
+
+    swapped = runtime.load(LoadSpec(model=sd, model_path=str(folder), options=options))
+    hot_s, hot_req, hot_graphs = switches(swapped)
+    empty = Path(tempfile.mkdtemp(prefix="bench-lora-none-"))
+    plain = runtime.load(LoadSpec(model=sd, model_path=str(empty), options=options))
+    for name in unet_only:  # files put there after LoadModel: no slot, the adapter path
+        shutil.copy(folder / f"{name}.safetensors", empty / f"{name}.safetensors")
+    path_s, path_req, path_graphs = switches(plain)
+    reload_s = []
+    for index in range(min(args.switches, 4)):
+        started = time.perf_counter()
+        runtime.load(LoadSpec(model=sd, model_path=str(folder), options=options,
+                              lora_adapter=f"{unet_only[index % 2]}.safetensors",
+                              lora_scale=0.8))
+        reload_s.append(time.perf_counter() - started)
+    rl = statistics.median(reload_s)
+    print(f"\n3. compiled denoiser (compile:true, backend {args.compile_backend}); "
+          f"{args.switches} switches, each followed by a request; median ms")
+    print("                                          switch ms  request ms  new graphs")
+    print(f"   hot-swap into the slot (weights folded) {_ms(hot_s)}  {_ms(hot_req)}  "
+          f"{hot_graphs:9d}")
+    print(f"   adapter path, no slot (set_adapters)    {_ms(path_s)}  {_ms(path_req)}  "
+          f"{path_graphs:9d}")
+    print(f"   reload the compiled model with another LoraAdapter   {_ms(rl)}")
+    print(f"   reload / hot-swap = {rl / hot_s:.0f}x")
 
 
 if __name__ == "__main__":

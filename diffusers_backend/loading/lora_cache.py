@@ -41,7 +41,7 @@ class CacheStats:
 STATS = CacheStats()
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
+def file_key(path: Path) -> tuple[str, int, int]:
     """A file by its real path and version: a LoRA replaced on disk is read again."""
     real = os.path.realpath(path)
     st = os.stat(real)
@@ -58,7 +58,7 @@ class AdapterCache:
 
     def ensure(self, pipe: Any, name: str, path: Path, safetensors_only: bool) -> str:
         """The adapter name of LoRA file ``path`` on ``pipe``, read now if not cached."""
-        key = _file_key(path)
+        key = file_key(path)
         adapter = self.adapters.get(key)
         if adapter is not None:
             self.adapters.move_to_end(key)

@@ -170,6 +170,9 @@ OPTIONS: tuple[Option, ...] = (
            "models folder)", "with LoRA support", path="weights"),
     Option("lora_cache", _L, "int", "LoRA adapters read for prompt tags kept per model, least "
            "recently used deleted first (default 8)", "with LoRA support", check=_count),
+    Option("lora_hotswap_rank", _L, "int", "with `compile` / `compile_regional`: the total "
+           "rank of the tags' LoRAs one layer may take per request (default 64; "
+           "loading/lora_hotswap.py)", "with LoRA support", check=_count),
     # -- speed (loading/acceleration/compile.py)
     Option("compile", _L, "bool", "`torch.compile` the denoiser, warmed up inside LoadModel",
            _DENOISER, check=_bool),

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from diffusers_backend.errors import InvalidArgument, short_message
-from diffusers_backend.loading import lora_cache, lora_library, weight_guard
+from diffusers_backend.loading import lora_cache, lora_hotswap, lora_library, weight_guard
+from diffusers_backend.loading.acceleration.compile import error_on_recompile_here
 from diffusers_backend.loading.adapters import lora_plan
 from diffusers_backend.prompts import lora_tags
 
@@ -90,10 +91,35 @@ def _activate(pipe: Any, names: list[str], weights: list[float]) -> None:
         pipe.disable_lora()
 
 
+def _swap(loaded: Any, slot: lora_hotswap.Slot, loras: LoraSet, safetensors_only: bool,
+          ) -> None:
+    """Fill the slot with the tags' LoRAs; a tag on a load-time LoRA adds the difference to
+    its load-time scale, which stays on as it is."""
+    base = {where: scale for _, scale, where in _load_time(loaded)}
+    uses = [(use.name, Path(use.path), use.weight - base.get(use.path, 0.0))
+            for use in loras.uses]
+    try:
+        slot.swap(loaded.pipe, uses, safetensors_only)
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the swap itself failed: say which set
+        shown = ", ".join(f"{use.name}:{use.weight:g}" for use in loras.uses) or "no LoRA"
+        raise InvalidArgument(f"the LoRA set {shown} cannot be hot-swapped into the compiled "
+                              f"{type(loaded.pipe).__name__}: {short_message(exc)}") from None
+
+
 @contextmanager
 def applied(loaded: Any, loras: LoraSet, safetensors_only: bool) -> Iterator[None]:
     """Turn the request's LoRA set on for the calls inside (pipeline thread), then back to the
-    load-time adapters. Nothing at all happens for a tag-free request."""
+    load-time adapters. Nothing at all happens for a tag-free request, except on a compiled
+    denoiser with a hot-swap slot (:mod:`~diffusers_backend.loading.lora_hotswap`): there every
+    request swaps in its own set (zeros when tag-free) and adapters are never switched."""
+    error_on_recompile_here()
+    slot = lora_hotswap.slot_of(loaded.pipe)
+    if slot is not None:
+        _swap(loaded, slot, loras, safetensors_only)
+        yield
+        return
     if not loras:
         yield
         return

@@ -32,6 +32,7 @@ import logging
 import time
 from typing import Any
 
+from diffusers_backend.loading import lora_hotswap
 from diffusers_backend.loading.acceleration.caches import apply_cache, reset_cache_state
 from diffusers_backend.loading.acceleration.compile import compile_denoiser
 from diffusers_backend.loading.acceleration.quantize import quantize_denoiser
@@ -73,6 +74,7 @@ def apply_speed_options(pipe: Any, spec: LoadSpec) -> list[str]:
     if options.get("cache") not in (None, "none", False):
         notes.append(apply_cache(pipe, options))
     if options.get("compile") or options.get("compile_regional"):
+        notes += [note for note in [lora_hotswap.prepare(pipe, spec)] if note]
         notes.append(compile_denoiser(pipe, options))
     return notes
 

@@ -21,6 +21,9 @@ from typing import Any
 from diffusers_backend.errors import LoadError
 
 COMPILE_CACHE_ENV = "DIFFUSERS_COMPILE_CACHE_DIR"
+# Tests: "1" makes any dynamo recompile an error (a served request fails instead of paying a
+# silent recompile), so a test proves that LoRA hot-swaps keep the compiled code.
+ERROR_ON_RECOMPILE_ENV = "DIFFUSERS_COMPILE_ERROR_ON_RECOMPILE"
 
 
 def compile_cache_dir() -> Path:
@@ -49,6 +52,16 @@ def use_compile_cache() -> Path:
     return folder
 
 
+def error_on_recompile_here() -> None:
+    """Under ``DIFFUSERS_COMPILE_ERROR_ON_RECOMPILE=1``, make a recompile an error in the
+    calling thread (dynamo's config set in one thread is not seen in another, so the thread
+    that runs the pipeline calls this; see tasks/lora_call.py)."""
+    if os.environ.get(ERROR_ON_RECOMPILE_ENV, "").strip() == "1":
+        import torch._dynamo
+
+        torch._dynamo.config.error_on_recompile = True
+
+
 def denoiser(pipe: Any) -> tuple[str, Any]:
     """The pipeline's UNet / transformer / prior, with its attribute name."""
     for name in ("transformer", "unet", "prior"):
@@ -73,6 +86,7 @@ def compile_denoiser(pipe: Any, options: dict[str, Any]) -> str:
     kwargs = {"backend": backend, "mode": mode,
               "fullgraph": bool(options.get("compile_fullgraph", False))}
     folder = use_compile_cache() if backend == "inductor" else None
+    error_on_recompile_here()
     if regional:
         module.compile_repeated_blocks(**kwargs)
         blocks = ", ".join(module._repeated_blocks)  # noqa: SLF001 - diffusers' declared list
