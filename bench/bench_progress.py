@@ -131,6 +131,42 @@ def model_rows(name: str, pipe, size: int, steps: int, rounds: int) -> None:
               f"{100 * (ratio - 1):+13.2f}% [{100 * (r1 - 1):+.2f}, {100 * (r3 - 1):+.2f}]")
 
 
+def callback_costs(calls_n: int = 100_000) -> dict[str, float]:
+    """Nanoseconds of thread CPU time one step callback costs in the first three modes,
+    called directly (best of 5): what a step pays for progress, free of the step's own
+    noise. The fourth mode's extra is the preview, timed below."""
+    import torch
+
+    from diffusers_backend.engine import progress
+    from diffusers_backend.tasks import calls
+
+    hub = progress.HUB
+    pipe = SimpleNamespace(_num_timesteps=calls_n)
+    kwargs = {"latents": torch.zeros(1, 4, 8, 8)}
+    costs = {}
+    for mode in MODES[:3]:
+        calls.step_reporter = None if mode == MODES[0] else progress.call_step
+        watcher = hub.watch() if mode == MODES[2] else None
+        track = hub.queued(_plan(64, calls_n))
+        progress.running([track])
+        callback = calls.cancel_callback(lambda: False)
+        best = float("inf")
+        for _ in range(5):
+            started = time.thread_time_ns()
+            for step in range(calls_n):
+                callback(pipe, step, None, kwargs)
+            best = min(best, (time.thread_time_ns() - started) / calls_n)
+            if watcher is not None:
+                _drain(watcher)
+        progress.running([])
+        hub.finished(track, "done")
+        if watcher is not None:
+            hub.unwatch(watcher)
+        costs[mode] = best
+    calls.step_reporter = progress.call_step
+    return costs
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=8)
@@ -164,7 +200,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             pipe = DiffusionPipeline.from_pretrained(str(path))
             pipe.set_progress_bar_config(disable=True)
             model_rows(name, pipe, size, args.steps, args.rounds)
-    print("\none preview alone (linear map + PNG), mean of 20")
+    print("\none step callback called directly, thread CPU ns, best of 5 x 100000")
+    costs = callback_costs()
+    for mode, ns in costs.items():
+        print(f"{mode:32} {ns:8.0f} ns  ({ns - costs[MODES[0]]:+.0f} ns)")
+    print("\none preview alone (linear map + PNG), wall ms, mean of 20")
     for name, shape, ms in preview_costs(20):
         print(f"{name:18} latents {shape:18} {ms:7.2f} ms")
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
