@@ -1,16 +1,23 @@
 """Issue 26's figures: what the block-level cancellation checks cost on a normal request,
 and how far admission's time estimate is from the time a request really takes.
 
-    .venv/bin/python -u bench/bench_admission.py [--runs 7]
+    .venv/bin/python -u bench/bench_admission.py [--rounds 15] [--part overhead|estimate]
 
-Two random-weight SD pipelines, loaded by the server's runtime: the tiny SD of the tests
-(32/64 channels) and a larger one (a 64/128/256-channel UNet, two layers per block,
-attention on two levels). For each:
+Random-weight SD pipelines: the tiny SD of the tests (32/64 channels, 64x64) and larger
+ones (a 64/128/256-channel UNet at 96x96, and a 128/256/256 one at 256x256, where a step
+costs what a small real model's does on a CPU; two layers per block, attention on two
+levels). For each:
 
 * overhead: the same pipeline object called with the checks active (``watching`` a probe
   that reads a threading.Event, as cheap as the gRPC context's) and inactive (no probe: the
-  hook returns after one thread-local lookup), against a copy loaded without hooks at all;
-  interleaved runs, median of ``--runs``;
+  hook returns after one thread-local lookup), against the same object with its hooks
+  taken off (the checks and the timing hooks of the denoiser and decoder).
+  The box this runs on is shared and busy, so each call is measured in CPU time of the
+  calling thread (``time.thread_time_ns``, torch held to one thread so all of the work is
+  on it), not wall time; the variants are interleaved round by round and each gets the
+  median and interquartile range over ``--rounds``, and the ratio to "no hooks" (of the
+  medians, and the median of the per-round ratios). Thread CPU time still varies with
+  cache and memory-bandwidth contention from the other processes, which the IQR shows;
 * estimate error: before each request, ``admission.estimate`` (from the warm-up and the
   requests measured so far); then the request's pipeline time. Ratio = estimate / actual.
 """
@@ -23,13 +30,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 
-def build_larger_sd(path: Path) -> None:
+def build_larger_sd(path: Path, channels: tuple[int, int, int] = (64, 128, 256)) -> None:
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from tiny_models import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_sd_components
@@ -37,7 +46,7 @@ def build_larger_sd(path: Path) -> None:
     torch.manual_seed(0)
     components = tiny_sd_components()
     components["unet"] = UNet2DConditionModel(
-        block_out_channels=(64, 128, 256), layers_per_block=2, sample_size=32,
+        block_out_channels=channels, layers_per_block=2, sample_size=32,
         in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -47,61 +56,110 @@ def build_larger_sd(path: Path) -> None:
     tiny_clip_tokenizer(save_to=path / "tokenizer")
 
 
-def timed(pipe, side: int, steps: int) -> float:
-    started = time.perf_counter()
+def cpu_timed(pipe, side: int, steps: int) -> float:
+    """Seconds of CPU time the calling thread spent in one pipeline call (with one torch
+    thread, all of the call's work): unlike wall time, waiting for a core shared with other
+    processes does not count."""
+    import torch
+
+    started = time.thread_time_ns()
     pipe(prompt="a red cube", num_inference_steps=steps, width=side, height=side,
-         generator=__import__("torch").Generator().manual_seed(1))
-    return time.perf_counter() - started
+         generator=torch.Generator().manual_seed(1))
+    return (time.thread_time_ns() - started) / 1e9
 
 
-def overhead(name: str, path: Path, side: int, steps: int, runs: int) -> None:
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """First quartile, median, third quartile."""
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
+@contextmanager
+def hooks_off(pipe) -> Iterator[None]:
+    """The pipeline's module hooks taken off for the body and put back after: the same
+    objects, at the same addresses, with and without hooks (two copies of a pipeline differ
+    by up to 5 % in CPU time on this box, more than the checks could cost)."""
+    saved = []
+    for part in (pipe.unet, pipe.vae.decoder):
+        for module in part.modules():
+            saved.append((module, dict(module._forward_pre_hooks),
+                          dict(module._forward_hooks)))
+            module._forward_pre_hooks.clear()
+            module._forward_hooks.clear()
+    try:
+        yield
+    finally:
+        for module, pre, post in saved:
+            module._forward_pre_hooks.update(pre)
+            module._forward_hooks.update(post)
+
+
+def overhead(name: str, path: Path, side: int, steps: int, rounds: int) -> None:
     from diffusers import StableDiffusionPipeline
 
     from diffusers_backend.engine.block_checks import checked_blocks, install, watching
 
-    plain = StableDiffusionPipeline.from_pretrained(path)
     hooked = StableDiffusionPipeline.from_pretrained(path)
-    for pipe in (plain, hooked):
-        pipe.set_progress_bar_config(disable=True)
+    hooked.set_progress_bar_config(disable=True)
     install(hooked)
     gone = threading.Event()
     checks = len(checked_blocks(hooked.unet)) + len(checked_blocks(hooked.vae.decoder))
-    times: dict[str, list[float]] = {"no hooks": [], "hooks, no probe": [],
-                                     "hooks, probe active": []}
-    timed(plain, side, 1), timed(hooked, side, 1)  # warm both
-    for _ in range(runs):
-        times["no hooks"].append(timed(plain, side, steps))
-        times["hooks, no probe"].append(timed(hooked, side, steps))
-        with watching(gone.is_set):
-            times["hooks, probe active"].append(timed(hooked, side, steps))
-    base = statistics.median(times["no hooks"])
+    variants = ("no hooks", "hooks, no probe", "hooks, probe active")
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    cpu_timed(hooked, side, 1)  # warm up
+    for round_ in range(rounds):
+        order = variants if round_ % 2 == 0 else variants[::-1]  # A B C, C B A, ...
+        for label in order:
+            if label == "no hooks":
+                with hooks_off(hooked):
+                    times[label].append(cpu_timed(hooked, side, steps))
+            elif label == "hooks, no probe":
+                times[label].append(cpu_timed(hooked, side, steps))
+            else:
+                with watching(gone.is_set):
+                    times[label].append(cpu_timed(hooked, side, steps))
+    base = times["no hooks"]
     check = per_check_cost()
     per_call = check * checks * steps
-    print(f"\n{name}: one check {check * 1e9:.0f} ns; {checks} checks x {steps} steps = "
-          f"{per_call * 1e6:.0f} us per request = {100 * per_call / min(times['no hooks']):.4f} %"
-          f" of its fastest unhooked run ({min(times['no hooks']) * 1000:.0f} ms)")
     print(f"\n{name}: {side}x{side}, {steps} steps, {checks} checked blocks per denoiser "
-          f"call + decode, median of {runs}")
+          f"call + decode; CPU time of the calling thread per request (one pipeline object, "
+          f"its hooks taken off for 'no hooks'), {rounds} interleaved rounds")
+    print(f"  {'variant':22s} {'median ms':>10s} {'IQR ms':>17s} {'vs no hooks':>12s} "
+          f"{'per-round ratio, median [IQR]':>31s}")
     for label, values in times.items():
-        median = statistics.median(values)
-        print(f"  {label:22s} {median * 1000:9.1f} ms  {100 * (median / base - 1):+6.2f} %"
-              f"   (min {min(values) * 1000:.1f}, max {max(values) * 1000:.1f})")
+        q1, median, q3 = quartiles(values)
+        r1, ratio, r3 = quartiles([v / b for v, b in zip(values, base, strict=True)])
+        print(f"  {label:22s} {median * 1000:10.1f} {q1 * 1000:8.1f}-{q3 * 1000:<8.1f} "
+              f"{100 * (median / statistics.median(base) - 1):+11.2f}% "
+              f"{100 * (ratio - 1):+13.2f}% [{100 * (r1 - 1):+.2f}, {100 * (r3 - 1):+.2f}]")
+    print(f"  direct: one hooked module call costs {check * 1e9:.0f} ns more than a bare one "
+          f"(probe active); x {checks} checks x {steps} steps = {per_call * 1e6:.0f} us = "
+          f"{100 * per_call / statistics.median(base):.4f} % of the median unhooked request")
 
 
-def per_check_cost(calls: int = 200_000) -> float:
-    """Seconds one block check costs with a probe active (the hook itself, called directly):
-    a figure the busy CPU disturbs far less than whole pipeline calls."""
+def per_check_cost(calls: int = 100_000) -> float:
+    """Seconds one block check adds to a module call with a probe active: an ``nn.Identity``
+    called with and without the hook (so torch's slower call path for hooked modules counts
+    too), thread CPU time, best of 5 each: a figure the busy CPU disturbs far less than
+    whole pipeline calls."""
+    import torch
+
     from diffusers_backend.engine import block_checks
 
     gone = threading.Event()
-    best = float("inf")
-    for _ in range(5):
-        with block_checks.watching(gone.is_set):
-            started = time.perf_counter()
-            for _ in range(calls):
-                block_checks._check(None, None)
-            best = min(best, (time.perf_counter() - started) / calls)
-    return best
+    bare, hooked = torch.nn.Identity(), torch.nn.Identity()
+    hooked.register_forward_pre_hook(block_checks._check)
+    x = torch.zeros(1)
+    best = {id(bare): float("inf"), id(hooked): float("inf")}
+    with block_checks.watching(gone.is_set):
+        for _ in range(5):
+            for module in (bare, hooked):
+                started = time.thread_time_ns()
+                for _ in range(calls):
+                    module(x)
+                seconds = (time.thread_time_ns() - started) / 1e9 / calls
+                best[id(module)] = min(best[id(module)], seconds)
+    return best[id(hooked)] - best[id(bare)]
 
 
 def estimate_error(name: str, path: Path, sizes: list[tuple[int, int]]) -> None:
@@ -132,23 +190,34 @@ def estimate_error(name: str, path: Path, sizes: list[tuple[int, int]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--part", choices=("all", "overhead", "estimate"), default="all")
+    parser.add_argument("--big-steps", type=int, default=1,
+                        help="steps of the 128/256/256 model's 256x256 request")
     args = parser.parse_args()
     import os
 
     import torch
     from tiny_models import tiny_sd_path
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs (shared with other work: figures are noisy)")
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+          f"(shared with other work)")
     tiny = tiny_sd_path()
     with tempfile.TemporaryDirectory() as folder:
         larger = Path(folder) / "larger-sd"
         build_larger_sd(larger)
-        overhead("tiny SD", tiny, 64, 4, args.runs)
-        overhead("larger random SD", larger, 96, 2, args.runs)
-        estimate_error("tiny SD", tiny, [(64, 4), (128, 2), (192, 1), (256, 1)])
-        estimate_error("larger random SD", larger, [(64, 2), (96, 1), (128, 1)])
+        if args.part in ("all", "overhead"):
+            big = Path(folder) / "big-sd"
+            build_larger_sd(big, (128, 256, 256))
+            overhead("tiny SD", tiny, 64, 4, args.rounds)
+            overhead("larger random SD (64/128/256)", larger, 96, 2, args.rounds)
+            overhead("larger random SD (128/256/256)", big, 256, args.big_steps, args.rounds)
+        if args.part in ("all", "estimate"):
+            estimate_error("tiny SD", tiny, [(64, 4), (128, 2), (192, 1), (256, 1)])
+            estimate_error("larger random SD", larger, [(64, 2), (96, 1), (128, 1)])
+        print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
