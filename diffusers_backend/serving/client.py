@@ -392,7 +392,11 @@ def run() -> None:
         # /dev/null first (the recipe in Python's signal module documentation).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = CLOSED_PIPE_EXIT
-    sys.exit(code)
+    # Everything is said: end here rather than in interpreter finalization, where gRPC call
+    # objects still referenced (a progress stream's) can wait forever on a lock held by a
+    # daemon thread that finalization froze.
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import grpc
 
+STOP_WAIT_S = 10.0  # for the stream's threads to see the cancellation
 REGISTER_WAIT_S = 5.0  # for the Watch stream's headers before the generation is sent anyway
 BAR_WIDTH = 24
 
@@ -61,6 +62,7 @@ class StepBar:
         self._call = pb_grpc.ProgressStub(channel).Watch(
             pb.WatchRequest(dst=dst, previews=bool(preview)), metadata=metadata)
         self._thread = threading.Thread(target=self._read, name="progress", daemon=True)
+        self._headers: threading.Thread | None = None
 
     def start(self) -> None:
         """Open the stream and wait (bounded) until the server has registered it."""
@@ -73,7 +75,8 @@ class StepBar:
                 pass
             registered.set()
 
-        threading.Thread(target=headers, daemon=True).start()
+        self._headers = threading.Thread(target=headers, name="progress-headers", daemon=True)
+        self._headers.start()
         registered.wait(REGISTER_WAIT_S)
         self._thread.start()
 
@@ -112,8 +115,14 @@ class StepBar:
             self.stream.flush()
 
     def stop(self) -> None:
+        """End the stream and its threads now, while the process still runs: a call object
+        finalized at interpreter exit waits for its lock, which a daemon thread frozen at
+        exit may hold, and the process never ends (seen under load)."""
         self._call.cancel()
-        self._thread.join(2.0)
+        self._thread.join(STOP_WAIT_S)
+        if self._headers is not None:
+            self._headers.join(STOP_WAIT_S)
+        self._call = None
 
 
 def event_line(event: Any, as_json: bool) -> str:
