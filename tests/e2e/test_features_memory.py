@@ -24,7 +24,7 @@ CASES = [
     ({"LowVRAM": True}, "CPU offload only applies on a GPU; ignored on cpu"),
     ({"Options": ["sequential_cpu_offload:true"]}, "CPU offload only applies on a GPU"),
     ({"Options": ["cpu_offload:true"]}, "CPU offload only applies on a GPU"),
-    ({"TensorParallelSize": 2}, "tensor_parallel_size=2 needs CUDA GPUs; ignored on cpu"),
+    ({"TensorParallelSize": 2}, "has no device map to spread it; loaded in one process"),
     ({"Options": ["attention_slicing:true"]}, "(attention slicing"),
     ({"Options": ["vae_slicing:true", "vae_tiling:true"]}, "(VAE slicing, VAE tiling"),
 ]
