@@ -181,7 +181,10 @@ class ModelRuntime:
         from diffusers_backend.engine.warmup import warm_up
 
         install(loaded.pipe)
-        if self.settings.warmup:
+        # A compiled denoiser has no block hooks to measure with, and LoadModel already ran
+        # it once; a warm-up at another size would only make it compile again.
+        compiled = any(loaded.spec.options.get(key) for key in ("compile", "compile_regional"))
+        if self.settings.warmup and not compiled:
             warm_up(loaded)
 
     def free(self) -> bool:

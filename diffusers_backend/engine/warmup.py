@@ -42,7 +42,9 @@ def warm_up(loaded: Any) -> None:
     try:
         import torch
 
-        with torch.inference_mode():
+        # no_grad, as requests run (pipelines' own decorator, the step loop): under
+        # inference_mode a compiled denoiser would meet other tensors and recompile later
+        with torch.no_grad():
             for _ in range(WARMUP_CALLS):  # the first pays one-time set-up costs
                 pipe(**call)
     except Exception as exc:  # noqa: BLE001 - a warm-up never fails a load

@@ -62,7 +62,7 @@ class _WanLike:
 
 
 def _sig(pipe):
-    from diffusers_backend.tasks.calls import call_signature
+    from diffusers_backend.registry.signatures import call_signature
 
     return call_signature(type(pipe))
 
