@@ -123,3 +123,16 @@ def flux_base_backend(tmp_path_factory) -> Iterator[BackendProcess]:
                            env={"BFL_REPO": str(tiny_flux_path())})
     yield server
     server.stop()
+
+
+@pytest.fixture()
+def hub_allowed(monkeypatch):
+    """The Hub allowed (tests run with HF_HUB_OFFLINE=1) and nothing remembered by the probe."""
+    from diffusers_backend.loading import hub
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
+                 "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    hub.forget()
+    yield
+    hub.forget()

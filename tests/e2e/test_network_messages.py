@@ -45,15 +45,7 @@ def closed_port():
         return sock.getsockname()[1]
 
 
-@pytest.fixture(autouse=True)
-def hub_allowed(monkeypatch):
-    """The Hub allowed (tests run with HF_HUB_OFFLINE=1) and nothing remembered."""
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
-                 "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    hub.forget()
-    yield
-    hub.forget()
+pytestmark = pytest.mark.usefixtures("hub_allowed")  # tests/conftest.py
 
 
 def test_a_refused_connection_is_reported_at_once(closed_port):

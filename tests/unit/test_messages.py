@@ -16,16 +16,7 @@ from diffusers_backend.loading import hub
 from diffusers_backend.serving import client
 from diffusers_backend.serving.listen import bind_problem
 
-
-@pytest.fixture(autouse=True)
-def hub_allowed(monkeypatch):
-    """The Hub allowed (tests run with HF_HUB_OFFLINE=1) and nothing remembered."""
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
-                 "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    hub.forget()
-    yield
-    hub.forget()
+pytestmark = pytest.mark.usefixtures("hub_allowed")  # tests/conftest.py
 
 
 # -- the Hub probe -------------------------------------------------------------------------
