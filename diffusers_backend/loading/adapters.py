@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from diffusers_backend import path_guard
 from diffusers_backend.errors import BackendError, LoadError, short_message
-from diffusers_backend.loading import path_guard, weight_guard
+from diffusers_backend.loading import weight_guard
 from diffusers_backend.loading.spec import LoadSpec
 
 log = logging.getLogger(__name__)
@@ -21,11 +22,6 @@ log = logging.getLogger(__name__)
 def _local_path(name: str, model_path: str, what: str, safetensors_only: bool) -> Path | None:
     """The file or folder ``name`` means on disk, checked (see weight_guard.local_weights)."""
     return weight_guard.local_weights(name, model_path, what, safetensors_only)
-
-
-def _strict(safetensors_only: bool) -> dict[str, Any]:
-    """Loader keywords that forbid a fall-back to pickle weights under SAFETENSORS."""
-    return {"use_safetensors": True} if safetensors_only else {}
 
 
 def lora_plan(spec: LoadSpec) -> list[tuple[str, float]]:
@@ -51,7 +47,7 @@ def load_loras(pipe: Any, spec: LoadSpec, safetensors_only: bool = True) -> list
     names: list[str] = []
     for index, (reference, _scale) in enumerate(plan):
         adapter_name = f"lora_{index}"
-        strict = _strict(safetensors_only)
+        strict = weight_guard.strict(safetensors_only)
         try:
             local = _local_path(reference, spec.model_path, "LoRA", safetensors_only)
             if local is not None and local.is_file():
@@ -87,7 +83,7 @@ def load_controlnet(spec: LoadSpec, dtype: Any, extra: dict[str, Any],
         if local is not None and local.is_file():
             return ControlNetModel.from_single_file(reference, torch_dtype=dtype)
         return ControlNetModel.from_pretrained(reference, torch_dtype=dtype,
-                                               **{**extra, **_strict(safetensors_only)})
+                                               **{**extra, **weight_guard.strict(safetensors_only)})
     except Exception as exc:  # noqa: BLE001
         raise LoadError(
             f"could not load ControlNet {spec.controlnet}: {short_message(exc)}"
@@ -100,7 +96,7 @@ def load_clip_text_encoder(spec: LoadSpec, dtype: Any, safetensors_only: bool = 
 
     local = _local_path(spec.clip_model, spec.model_path, "CLIP model", safetensors_only)
     reference = str(local) if local is not None else spec.clip_model
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, **_strict(safetensors_only)}
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, **weight_guard.strict(safetensors_only)}
     if spec.clip_subfolder:
         kwargs["subfolder"] = spec.clip_subfolder
     try:

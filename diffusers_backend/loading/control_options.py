@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusers_backend.errors import LoadError
+from diffusers_backend.loading import local_paths
 
 PREPROCESS_KEY = "control_preprocess"
 ANNOTATOR_KEY = "control_annotator"
@@ -46,9 +47,7 @@ def annotator_folder(options: dict[str, Any], model_path: str) -> Path | None:
     name = str(options.get(ANNOTATOR_KEY, "") or "").strip()
     if not name:
         return None
-    path = Path(name).expanduser()
-    candidates = [path] if path.is_absolute() else [Path(model_path or ".") / path, path]
-    for candidate in candidates:
+    for candidate in local_paths.candidates(name, model_path or ""):
         if candidate.is_dir():
             return candidate
     raise LoadError(f"control_annotator folder not found: {name} (models folder: "

@@ -89,7 +89,7 @@ def load_ip_adapter(pipe: Any, spec: LoadSpec, dtype: Any, safetensors_only: boo
     try:
         from transformers import CLIPVisionModelWithProjection
 
-        strict = {"use_safetensors": True} if safetensors_only else {}
+        strict = weight_guard.strict(safetensors_only)
         image_encoder = CLIPVisionModelWithProjection.from_pretrained(
             str(encoder), dtype=dtype, local_files_only=True, **strict)
         pipe.register_modules(image_encoder=image_encoder)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusers_backend.errors import InvalidArgument, short_message
+from diffusers_backend.loading import weight_guard
 
 log = logging.getLogger(__name__)
 DEFAULT_SIZE = 8  # adapters kept per model; a rank-16 SDXL LoRA is ~50-200 MB of weights
@@ -67,7 +68,7 @@ class AdapterCache:
         STATS.misses += 1
         self.counter += 1
         adapter = f"{ADAPTER_PREFIX}{self.counter}"
-        strict = {"use_safetensors": True} if safetensors_only else {}
+        strict = weight_guard.strict(safetensors_only)
         try:
             pipe.load_lora_weights(str(path.parent), weight_name=path.name,
                                    adapter_name=adapter, **strict)

@@ -65,7 +65,7 @@ def read_factors(pipe: Any, path: Path, safetensors_only: bool) -> Factors:
     from peft.utils.other import get_pattern_key
 
     prefix, module = _denoiser(pipe)
-    strict = {"use_safetensors": True} if safetensors_only else {}
+    strict = weight_guard.strict(safetensors_only)
     state, alphas, metadata = pipe.lora_state_dict(
         str(path.parent), weight_name=path.name, return_lora_metadata=True, **strict)
     head = prefix + "."

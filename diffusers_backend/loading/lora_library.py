@@ -13,8 +13,9 @@ import difflib
 import os
 from pathlib import Path
 
+from diffusers_backend import path_guard
 from diffusers_backend.errors import NotFound
-from diffusers_backend.loading import path_guard, weight_guard
+from diffusers_backend.loading import local_paths, weight_guard
 from diffusers_backend.loading.spec import LoadSpec
 
 SUFFIX = ".safetensors"
@@ -27,10 +28,7 @@ def lora_folders(spec: LoadSpec) -> list[Path]:
     folders: list[Path] = []
     named = spec.options.get("lora_dir")
     if isinstance(named, str) and named.strip():
-        path = Path(os.path.expanduser(named.strip()))
-        if not path.is_absolute() and spec.model_path:
-            path = Path(spec.model_path) / path
-        folders.append(path)
+        folders.append(local_paths.under_models_folder(named, spec.model_path))
     if spec.model_path:
         folders += [Path(spec.model_path) / LORA_SUBFOLDER, Path(spec.model_path)]
     found: list[Path] = []

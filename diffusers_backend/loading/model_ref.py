@@ -8,14 +8,13 @@ is a Hub id.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from diffusers_backend.errors import LoadError
-from diffusers_backend.loading import hub
+from diffusers_backend.loading import hub, local_paths
 from diffusers_backend.registry.model_files import PICKLE_SUFFIXES, SINGLE_FILE_SUFFIXES
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -40,13 +39,7 @@ def _local_candidates(model: str, model_file: str, model_path: str) -> list[Path
     if model_file:
         candidates.append(Path(model_file))
     if model:
-        path = Path(os.path.expanduser(model))
-        if path.is_absolute():
-            candidates.append(path)
-        else:
-            if model_path:
-                candidates.append(Path(model_path) / path)
-            candidates.append(path)
+        candidates += local_paths.candidates(model, model_path)
     return candidates
 
 
@@ -87,9 +80,7 @@ def resolve_reference(reference: str, model_path: str, what: str) -> ModelRef:
     """A second model an option names (``gguf_base``): an existing folder (absolute, or under
     the models folder) or else a Hub id; anything else fails naming where it was looked for."""
     reference = reference.strip()
-    path = Path(os.path.expanduser(reference))
-    candidates = [path] if path.is_absolute() else (
-        [Path(model_path) / path] if model_path else []) + [path]
+    candidates = local_paths.candidates(reference, model_path)
     for candidate in candidates:
         if candidate.is_dir():
             return ModelRef(RefKind.FOLDER, str(candidate.resolve()))

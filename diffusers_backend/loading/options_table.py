@@ -46,7 +46,8 @@ class Option:
     from_pretrained: bool = False  # passed unchanged to from_pretrained / from_single_file
     # A value that names something on disk: "weights" (a model, adapter or annotator folder
     # or file: confined, regular, SAFETENSORS applies) or "config" (a config file or folder:
-    # confined, regular). weight_guard.check_model_names guards every such option from here,
+    # confined, regular). load_plan.resolve puts every such option in the plan's paths() and
+    # load_guard.guard checks each one,
     # so a new path option is guarded by being declared, not by remembering a call.
     path: str = ""
 

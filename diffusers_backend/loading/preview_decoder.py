@@ -68,7 +68,7 @@ def load_preview_decoder(pipe: Any, spec: LoadSpec, device: str, dtype: Any,
     try:
         from diffusers import AutoencoderTiny
 
-        strict = {"use_safetensors": True} if safetensors_only else {}
+        strict = weight_guard.strict(safetensors_only)
         decoder = AutoencoderTiny.from_pretrained(str(folder), torch_dtype=dtype,
                                                   local_files_only=True, **strict)
         decoder = decoder.to(device).eval()

@@ -16,7 +16,9 @@ from typing import Any
 
 from diffusers_backend.errors import LoadError
 from diffusers_backend.loading.model_ref import ModelRef, RefKind, resolve_reference
+from diffusers_backend.loading.precision_variant import load_variant
 from diffusers_backend.loading.spec import LoadSpec
+from diffusers_backend.loading.weight_guard import strict, with_strict
 from diffusers_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,9 +133,9 @@ def _flux_on_base(pipeline_cls: type[Any], transformer: Any, dtype: Any, weights
 
     if weights:
         _quantize(transformer, weights)
-    strict = {"use_safetensors": True} if settings.safetensors_only else {}
     text_encoder_2 = T5EncoderModel.from_pretrained(
-        settings.bfl_repo, subfolder="text_encoder_2", torch_dtype=dtype, **strict
+        settings.bfl_repo, subfolder="text_encoder_2", torch_dtype=dtype,
+        **strict(settings.safetensors_only)
     )
     if weights:
         _quantize(text_encoder_2, weights)
@@ -141,8 +143,7 @@ def _flux_on_base(pipeline_cls: type[Any], transformer: Any, dtype: Any, weights
     base_kwargs = {k: v for k, v in kwargs.items()
                    if k not in {"variant", "config", "original_config"}}
     base_kwargs["torch_dtype"] = dtype
-    if settings.safetensors_only:
-        base_kwargs.setdefault("use_safetensors", True)
+    base_kwargs = with_strict(base_kwargs, settings.safetensors_only)
     pipe = pipeline_cls.from_pretrained(
         settings.bfl_repo, transformer=None, text_encoder_2=None, **base_kwargs
     )
@@ -223,35 +224,14 @@ def load_sana(
 
     if not spec.explicit_dtype:
         kwargs = {**kwargs, "torch_dtype": torch.bfloat16}
-    pipe = _load_bf16_variant(cls, ref, kwargs, spec, settings)
+    pipe = load_variant(lambda chosen: default_load(cls, ref, chosen, spec, settings), kwargs,
+                        "bf16", ref, spec)
     dtype = kwargs["torch_dtype"]
     for name in ("vae", "text_encoder"):
         component = getattr(pipe, name, None)
         if component is not None:
             component.to(dtype)
     return pipe
-
-
-def _load_bf16_variant(cls: type[Any], ref: ModelRef, kwargs: dict[str, Any], spec: LoadSpec,
-                       settings: Settings) -> Any:
-    """``variant="bf16"`` unless the YAML chose a variant: a folder only when it holds bf16
-    files; a Hub repo is asked for them and loaded plain when it has none."""
-    chosen = "variant" in spec.load_options or "variant" in spec.engine_args
-    if chosen or ref.kind is RefKind.SINGLE_FILE:
-        return default_load(cls, ref, kwargs, spec, settings)
-    if ref.kind is RefKind.FOLDER:
-        folder = Path(ref.location)
-        if not (any(folder.glob("*/*.bf16.*")) or any(folder.glob("*.bf16.*"))):
-            return default_load(cls, ref, kwargs, spec, settings)
-        log.info("loading the bf16 variant of %s", ref.location)
-        return default_load(cls, ref, {**kwargs, "variant": "bf16"}, spec, settings)
-    try:
-        return default_load(cls, ref, {**kwargs, "variant": "bf16"}, spec, settings)
-    except (OSError, ValueError) as exc:
-        if "variant" not in str(exc).lower():
-            raise
-        log.info("no bf16 variant in %s; loading its plain weights", ref.location)
-        return default_load(cls, ref, kwargs, spec, settings)
 
 
 def load_svd(
@@ -343,9 +323,9 @@ def load_gguf(
     denoiser = model_cls.from_single_file(
         ref.location, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
         torch_dtype=dtype, **source)
-    base_kwargs = {k: v for k, v in kwargs.items() if k not in {"config", "original_config"}}
-    if settings.safetensors_only:
-        base_kwargs.setdefault("use_safetensors", True)
+    base_kwargs = with_strict({k: v for k, v in kwargs.items()
+                               if k not in {"config", "original_config"}},
+                              settings.safetensors_only)
     if SPECIAL_LOADERS.get(cls.__name__) is load_wan:  # Wan's VAE stays float32 (load_wan)
         import torch
         from diffusers import AutoencoderKLWan

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from diffusers_backend import path_guard
 from diffusers_backend.errors import LoadError
-from diffusers_backend.loading import path_guard
+from diffusers_backend.loading import local_paths
 from diffusers_backend.loading.download import is_url
 from diffusers_backend.loading.model_ref import ModelRef, RefKind
-from diffusers_backend.loading.options_table import PATH_OPTIONS
 from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.registry.model_files import PICKLE_SUFFIXES
 
@@ -117,11 +117,10 @@ def refuse_pickle_kwargs(kwargs: dict[str, Any], safetensors_only: bool) -> None
                         "which SAFETENSORS=1 refuses; remove the option, or set SAFETENSORS=0")
 
 
-def check_model_names(spec: LoadSpec, safetensors_only: bool = True) -> None:
-    """Before looking at the disk: the models folder, ModelFile and a Model that is a path
+def check_names(spec: LoadSpec) -> None:
+    """Before the disk is looked at: the models folder, ModelFile and a Model that is a path
     must be inside the allowed folders (so nothing outside can be probed), and a ModelFile
-    that exists must be a file or folder, not a FIFO that would block the load. Every
-    option the option table marks as a path is checked here, by its role."""
+    that exists must be a file or folder, not a FIFO that would block the load."""
     for name, value in (("ModelPath", spec.model_path), ("ModelFile", spec.model_file),
                         ("Model", spec.model)):
         value = value.strip()
@@ -135,56 +134,57 @@ def check_model_names(spec: LoadSpec, safetensors_only: bool = True) -> None:
     found = path_guard.lookup(model_file) if model_file else None
     if found is not None and not stat.S_ISDIR(found.st_mode):
         path_guard.check_file(model_file, "ModelFile", "model file")
-    for option in PATH_OPTIONS:  # every option whose value names a file or folder
-        for key in option.keys:
-            named = spec.options.get(key)
-            if not isinstance(named, str) or not named.strip():
-                continue
-            if option.path == "weights":
-                local_weights(named.strip(), spec.model_path, key, safetensors_only)
-            else:
-                _check_side_file(named.strip(), spec.model_path, key)
-    # LoRAs, ControlNet, CLIP: confined and regular now, before the model's weights load
-    # (SAFETENSORS is checked where each is loaded, once the model is known to load)
-    sides = [(name, "LoRA") for name in (spec.lora_adapter, *spec.lora_adapters)]
-    sides += [(spec.controlnet, "ControlNet"), (spec.clip_model, "CLIP model")]
-    for name, what in sides:
-        if name and name.strip():
-            local_weights(name.strip(), spec.model_path, what, safetensors_only=False)
+
+
+def strict(safetensors_only: bool) -> dict[str, Any]:
+    """The SAFETENSORS rule as loader keywords, its one home: under SAFETENSORS every
+    ``from_pretrained`` gets ``use_safetensors=True``, so no loader falls back to pickle."""
+    return {"use_safetensors": True} if safetensors_only else {}
+
+
+def with_strict(kwargs: dict[str, Any], safetensors_only: bool) -> dict[str, Any]:
+    """``kwargs`` with the SAFETENSORS rule added where they do not say otherwise (a
+    ``use_safetensors`` they hold was refused already unless it is ``True``)."""
+    return {**strict(safetensors_only), **kwargs}
+
+
+def locate(name: str, model_path: str, what: str, dangling: bool = True) -> Path | None:
+    """Where ``name`` is on disk (:func:`local_paths.candidates`), else None (a Hub id, or
+    missing), looking only inside the allowed folders: a name written as a path is confined
+    before the disk is looked at, and what is found is confined (a link may lead out).
+    ``dangling``: a link to nothing counts as found (the weight checks then say so)."""
+    if local_paths.names_a_path(name):
+        path_guard.confine(name, what)  # before looking: no probing outside the folders
+    for candidate in local_paths.candidates(name, model_path):
+        if path_guard.lookup(str(candidate)) is not None or (dangling
+                                                             and candidate.is_symlink()):
+            path_guard.confine(str(candidate), what)
+            return candidate
+    return None
+
+
+def check_local(path: str, what: str, role: str, safetensors_only: bool) -> None:
+    """A path a load will read, by its role: ``weights`` (a folder or file: every file
+    regular, no pickle under SAFETENSORS) or ``config`` (a folder, or a regular file)."""
+    path_guard.confine(path, what)
+    if role == "config":
+        found = path_guard.lookup(path)
+        if found is not None and not stat.S_ISDIR(found.st_mode):
+            path_guard.check_file(path, what, "config file")
+    elif Path(path).is_dir():
+        check_weight_folder(path, what, safetensors_only)
+    else:
+        check_weight_file(path, what, safetensors_only)
 
 
 def local_weights(name: str, model_path: str, what: str, safetensors_only: bool) -> Path | None:
     """The file or folder ``name`` means on disk (None: a Hub id), checked before any load:
     inside the allowed folders, a regular file or a folder, and no pickle under SAFETENSORS.
     """
-    path = Path(os.path.expanduser(name))
-    candidates = [path] if path.is_absolute() else [Path(model_path) / path, path]
-    if path.is_absolute() or name.startswith((".", "~")):
-        path_guard.confine(name, what)  # before looking: no probing outside the folders
-    for candidate in candidates:
-        if path_guard.lookup(str(candidate)) is not None or candidate.is_symlink():
-            path_guard.confine(str(candidate), what)
-            if candidate.is_dir():
-                check_weight_folder(str(candidate), what, safetensors_only)
-            else:
-                check_weight_file(str(candidate), what, safetensors_only)
-            return candidate
-    return None
-
-
-def _check_side_file(reference: str, model_path: str, what: str) -> None:
-    """A path an option names beside the model: confined, and a file or a folder."""
-    path = Path(os.path.expanduser(reference))
-    if path.is_absolute() or reference.startswith((".", "~")):
-        path_guard.confine(reference, what)
-    candidates = [path] if path.is_absolute() else [Path(model_path) / path, path]
-    for candidate in candidates:
-        found = path_guard.lookup(str(candidate))
-        if found is not None:
-            path_guard.confine(str(candidate), what)
-            if not stat.S_ISDIR(found.st_mode):
-                path_guard.check_file(str(candidate), what, "config file")
-            return
+    found = locate(name, model_path, what)
+    if found is not None:
+        check_local(str(found), what, "weights", safetensors_only)
+    return found
 
 
 def check_model_location(ref: ModelRef, safetensors_only: bool) -> None:

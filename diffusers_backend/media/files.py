@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from diffusers_backend import path_guard
 from diffusers_backend.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
-from diffusers_backend.loading import path_guard
 
 log = logging.getLogger(__name__)
 _TEMP_CHARS = 8  # tempfile's random part of a name

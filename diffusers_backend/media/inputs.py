@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from diffusers_backend import path_guard
 from diffusers_backend.errors import BackendError, InvalidArgument, NotFound, PermissionDenied
-from diffusers_backend.loading import path_guard
 from diffusers_backend.media import inline
 from diffusers_backend.settings import DEFAULTS
 

@@ -13,8 +13,8 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 
 from diffusers_backend.errors import InvalidArgument
-from diffusers_backend.loading.path_guard import MAX_PATH_CHARS
 from diffusers_backend.media.inline import IMAGE_FIELDS, MAX_INLINE_CHARS, may_be_inline
+from diffusers_backend.path_guard import MAX_PATH_CHARS
 
 PROMPT_FIELDS = frozenset({"prompt", "positive_prompt", "negative_prompt"})
 TEXT_FIELDS = frozenset({"Options", "EngineArgs"})  # "key:value" options, a JSON object

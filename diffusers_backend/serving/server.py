@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
+from diffusers_backend import path_guard
 from diffusers_backend.errors import BackendError, short_message
-from diffusers_backend.loading import path_guard
 from diffusers_backend.serving.hard_exit import exit_now
 from diffusers_backend.serving.listen import bind_problem, cannot_listen_message
 from diffusers_backend.serving.observe import RpcObserver

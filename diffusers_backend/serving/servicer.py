@@ -17,8 +17,8 @@ import backend_pb2
 import backend_pb2_grpc
 from diffusers_backend.engine.runtime import ModelRuntime
 from diffusers_backend.errors import BackendError, LoadError, short_message
-from diffusers_backend.loading.path_guard import shown
 from diffusers_backend.loading.spec import LoadSpec, parse_engine_args, parse_options
+from diffusers_backend.path_guard import shown
 from diffusers_backend.serving.status import grpc_method
 from diffusers_backend.tasks.jobs import ImageJob, UpscaleJob, VideoJob
 

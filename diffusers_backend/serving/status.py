@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from diffusers_backend.errors import BackendError, is_out_of_memory, short_message
-from diffusers_backend.loading.path_guard import os_error
+from diffusers_backend.path_guard import os_error
 
 # OS errors that say what is wrong with a path a request named (see path_guard.os_error)
 PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR,

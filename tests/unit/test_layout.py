@@ -20,7 +20,7 @@ PACKAGE = REPO_ROOT / "diffusers_backend"
 DOC = REPO_ROOT / "docs" / "development.md"
 # Top to bottom; a module may import from its own layer and the layers after it.
 LAYERS = (("__main__", "serving"), ("engine",), ("tasks",), ("prompts", "media"), ("loading",),
-          ("registry",), ("errors", "settings"))
+          ("registry",), ("errors", "settings", "path_guard"))
 BLOCK = re.compile(r"(<!-- generated: layout -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 

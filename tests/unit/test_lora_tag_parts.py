@@ -11,8 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
+from diffusers_backend import path_guard
 from diffusers_backend.errors import InvalidArgument, NotFound, PermissionDenied
-from diffusers_backend.loading import lora_library, path_guard
+from diffusers_backend.loading import lora_library
 from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.prompts.lora_tags import LoraTag, refuse_in_negative, split_tags
 

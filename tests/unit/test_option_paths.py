@@ -1,8 +1,8 @@
 """Every path a model YAML can name is guarded, driven by the tables that declare them.
 
 The option table marks each option whose value is a path (``Option.path``) and LoadModel's
-fields are listed here by role; ``weight_guard.check_model_names`` guards whatever the
-table marks. So a new path option is either declared (and then guarded, which these tests
+fields are listed here by role; the load's *guard* stage (``load_guard.guard``) checks every
+path of the plan that *resolve* (``load_plan.resolve``) draws from the table. So a new path option is either declared (and then guarded, which these tests
 show for each one) or fails :func:`test_every_option_that_names_a_path_declares_it`.
 In process: the guard runs before anything is loaded, so no server is needed."""
 
@@ -15,10 +15,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from diffusers_backend import path_guard
 from diffusers_backend.errors import LoadError, PermissionDenied
-from diffusers_backend.loading import path_guard, weight_guard
+from diffusers_backend.loading import load_guard, load_plan
 from diffusers_backend.loading.options_table import OPTIONS, PATH_OPTIONS, PATH_ROLES
 from diffusers_backend.loading.spec import LoadSpec
+from diffusers_backend.settings import Settings
 
 # LoadModel fields by what they hold; a new field must be placed in one of these sets.
 SPEC_WEIGHT_PATHS = {"lora_adapter": "LoRA", "controlnet": "ControlNet",
@@ -28,6 +30,11 @@ SPEC_NOT_PATHS = {"pipeline_type", "scheduler_type", "dtype", "clip_subfolder", 
                   "lora_base"}  # lora_base: recorded, never read (LocalAI sends it)
 
 _WORDS_OF_A_PATH = ("path", "folder", "file")
+
+
+def _guard(spec: LoadSpec, safetensors_only: bool = True) -> None:
+    """LoadModel's first two stages: resolve the spec into a plan, guard the plan."""
+    load_guard.guard(load_plan.resolve(spec, Settings(safetensors_only=safetensors_only)))
 
 
 def _weights_folder(folder: Path, pickle: bool = False) -> Path:
@@ -75,7 +82,7 @@ def test_each_path_option_is_confined(option, models_only):
         spec = LoadSpec(model="some/hub-id", model_path=str(models),
                         options={option.key: named})
         with pytest.raises(PermissionDenied, match="DIFFUSERS_ALLOWED_PATHS"):
-            weight_guard.check_model_names(spec, safetensors_only=True)
+            _guard(spec, safetensors_only=True)
 
 
 @pytest.mark.parametrize("option", [o for o in PATH_OPTIONS if o.path == "weights"],
@@ -85,8 +92,8 @@ def test_each_weights_option_refuses_pickle_under_safetensors(option, tmp_path):
     spec = LoadSpec(model="some/hub-id", model_path=str(tmp_path),
                     options={option.key: "pickled"})
     with pytest.raises(LoadError, match="SAFETENSORS=1 refuses"):
-        weight_guard.check_model_names(spec, safetensors_only=True)
-    weight_guard.check_model_names(spec, safetensors_only=False)  # SAFETENSORS=0 allows it
+        _guard(spec, safetensors_only=True)
+    _guard(spec, safetensors_only=False)  # SAFETENSORS=0 allows it
 
 
 @pytest.mark.parametrize("field", sorted(SPEC_WEIGHT_PATHS))
@@ -94,14 +101,14 @@ def test_each_loadmodel_weight_field_is_confined(field, models_only):
     models, outside = models_only
     spec = LoadSpec(model="some/hub-id", model_path=str(models), **{field: str(outside)})
     with pytest.raises(PermissionDenied, match="DIFFUSERS_ALLOWED_PATHS"):
-        weight_guard.check_model_names(spec, safetensors_only=True)
+        _guard(spec, safetensors_only=True)
 
 
 def test_lora_adapters_list_is_confined(models_only):
     models, outside = models_only
     spec = LoadSpec(model="some/hub-id", model_path=str(models), lora_adapters=(str(outside),))
     with pytest.raises(PermissionDenied, match="DIFFUSERS_ALLOWED_PATHS"):
-        weight_guard.check_model_names(spec, safetensors_only=True)
+        _guard(spec, safetensors_only=True)
 
 
 def test_a_path_option_inside_the_models_folder_passes(models_only):
@@ -109,4 +116,4 @@ def test_a_path_option_inside_the_models_folder_passes(models_only):
     _weights_folder(models / "annotator")
     spec = LoadSpec(model="some/hub-id", model_path=str(models),
                     options={"control_annotator": "annotator", "gguf_base": "annotator"})
-    weight_guard.check_model_names(spec, safetensors_only=True)
+    _guard(spec, safetensors_only=True)

@@ -14,10 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffusers_backend import path_guard
 from diffusers_backend.errors import InvalidArgument, LoadError, PermissionDenied
-from diffusers_backend.loading import path_guard, weight_guard
+from diffusers_backend.loading import load_guard, load_plan, weight_guard
 from diffusers_backend.media import files, inputs, video
-from diffusers_backend.settings import SettingsError, load_settings
+from diffusers_backend.settings import Settings, SettingsError, load_settings
+
+
+def _guard(spec) -> None:
+    """LoadModel's resolve and guard stages, which run before anything is read."""
+    load_guard.guard(load_plan.resolve(spec, Settings()))
 
 
 def _finishes(call, seconds: float = 5.0):
@@ -246,10 +252,10 @@ def test_a_fifo_config_option_is_refused(tmp_path):
     from diffusers_backend.loading.spec import LoadSpec
 
     os.mkfifo(tmp_path / "v1-inference.yaml")
-    spec = LoadSpec(model="m.safetensors", model_path=str(tmp_path),
+    spec = LoadSpec(model="some/hub-id", model_path=str(tmp_path),
                     options={"original_config": "v1-inference.yaml"})
     with pytest.raises(InvalidArgument, match="FIFO"):
-        _finishes(lambda: weight_guard.check_model_names(spec))
+        _finishes(lambda: _guard(spec))
 
 
 def test_a_fifo_lora_is_refused_before_the_model_loads(tmp_path):
@@ -259,4 +265,4 @@ def test_a_fifo_lora_is_refused_before_the_model_loads(tmp_path):
     spec = LoadSpec(model="some/hub-id", model_path=str(tmp_path),
                     lora_adapter="lora.safetensors")
     with pytest.raises(InvalidArgument, match="LoRA is a FIFO"):
-        _finishes(lambda: weight_guard.check_model_names(spec))
+        _finishes(lambda: _guard(spec))
