@@ -3,7 +3,8 @@
 The option table marks each option whose value is a path (``Option.path``) and LoadModel's
 fields are listed here by role; the load's *guard* stage (``load_guard.guard``) checks every
 path of the plan that *resolve* (``load_plan.resolve``) draws from the table. So a new path
-option is either declared (and then guarded, which these tests show for each one) or fails :func:`test_every_option_that_names_a_path_declares_it`.
+option is either declared (and then guarded, which these tests show for each one) or fails
+:func:`test_every_option_that_names_a_path_declares_it`.
 In process: the guard runs before anything is loaded, so no server is needed."""
 
 from __future__ import annotations
