@@ -30,9 +30,9 @@ from diffusers_backend.loading.spec import LoadSpec
 from diffusers_backend.loading.weight_guard import check_names, locate
 from diffusers_backend.settings import Settings
 
-# LoadModel fields that name weights beside the model, with the word messages use for them.
-FIELD_PATHS = (("lora_adapter", "LoRA"), ("controlnet", "ControlNet"),
-               ("clip_model", "CLIP model"))
+# LoadModel fields that name weights beside the model (besides the LoRAs), with the word
+# messages use for them.
+FIELD_PATHS = (("controlnet", "ControlNet"), ("clip_model", "CLIP model"))
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def side_paths(spec: LoadSpec) -> tuple[SidePath, ...]:
                                   dangling=option.path == "weights")
                 found.append(SidePath(key, named.strip(), option.path, location))
     fields = [("LoRA", name) for name in (spec.lora_adapter, *spec.lora_adapters)]
-    fields += [(what, getattr(spec, name)) for name, what in FIELD_PATHS[1:]]
+    fields += [(what, getattr(spec, name)) for name, what in FIELD_PATHS]
     for what, name in fields:
         if name and name.strip():
             location = locate(name.strip(), spec.model_path, what)
