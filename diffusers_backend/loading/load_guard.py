@@ -10,11 +10,9 @@ under ``SAFETENSORS``. Then the keywords the YAML passes to the loader: no
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffusers_backend.errors import LoadError
-from diffusers_backend.loading.model_ref import RefKind
 from diffusers_backend.loading.options_table import FROM_PRETRAINED_KEYS
 from diffusers_backend.loading.weight_guard import (
     check_local,
@@ -37,10 +35,6 @@ def requested_kwargs(spec: LoadSpec) -> dict[str, Any]:
     return asked
 
 
-def _has_safetensors(folder: Path) -> bool:
-    return any(folder.glob("*/*.safetensors")) or any(folder.glob("*.safetensors"))
-
-
 def guard(plan: LoadPlan) -> None:
     """Refuse the plan (PERMISSION_DENIED, INVALID_ARGUMENT or a LoadError naming the path
     and the fix) unless every path it reads and every keyword it passes is allowed."""
@@ -59,9 +53,3 @@ def guard(plan: LoadPlan) -> None:
                 f"{key} runs code from the model repository and is disabled; "
                 "set DIFFUSERS_ALLOW_REMOTE_CODE=1 to allow it"
             )
-    if (plan.ref.kind is RefKind.FOLDER and safetensors_only and "use_safetensors" not in asked
-            and not _has_safetensors(Path(plan.ref.location))):
-        raise LoadError(
-            f"{plan.ref.location} has no .safetensors weights and SAFETENSORS=1 refuses pickle "
-            "weights (.bin/.ckpt); convert them, or set SAFETENSORS=0 to allow them"
-        )

@@ -8,6 +8,7 @@ has one, and a library failure turned into a :class:`LoadError` the user can act
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from diffusers_backend.errors import LoadError, short_message
@@ -20,6 +21,16 @@ from diffusers_backend.loading.precision_variant import load_variant
 from diffusers_backend.loading.weight_guard import strict
 
 log = logging.getLogger(__name__)
+
+
+def _check_has_safetensors(folder: Path) -> None:
+    """``use_safetensors=True`` on a folder without any: say why now (the guard has refused
+    any pickle weights already; this one is a folder with no weights the rule allows)."""
+    if not (any(folder.glob("*/*.safetensors")) or any(folder.glob("*.safetensors"))):
+        raise LoadError(
+            f"{folder} has no .safetensors weights and SAFETENSORS=1 refuses pickle "
+            "weights (.bin/.ckpt); convert them, or set SAFETENSORS=0 to allow them"
+        )
 
 
 def load_kwargs(plan: LoadPlan) -> dict[str, Any]:
@@ -39,6 +50,8 @@ def load_kwargs(plan: LoadPlan) -> dict[str, Any]:
         if key in load_options:
             kwargs[key] = load_options[key]
     if plan.ref.kind is not RefKind.SINGLE_FILE and "use_safetensors" not in kwargs:
+        if plan.ref.kind is RefKind.FOLDER and plan.settings.safetensors_only:
+            _check_has_safetensors(Path(plan.ref.location))
         kwargs.update(strict(plan.settings.safetensors_only))
     kwargs.update(placement.device_map_kwargs(spec, plan.device))
     kwargs.update(adapt.safety_checker_kwargs(plan))
