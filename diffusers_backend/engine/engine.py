@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from diffusers_backend.engine import progress, timings
 from diffusers_backend.engine.block_checks import watching
+from diffusers_backend.engine.clock import SYSTEM_CLOCK, Clock
 from diffusers_backend.engine.profiling import profiled
 from diffusers_backend.engine.scheduler import Scheduler
 from diffusers_backend.engine.stepping import StepLoop
@@ -74,10 +74,12 @@ class Variants:
 class Engine:
     """Holds the loaded model and runs plans on it, as its :class:`Scheduler` decides."""
 
-    def __init__(self, settings: Settings, release_memory: Callable[[], None]) -> None:
+    def __init__(self, settings: Settings, release_memory: Callable[[], None],
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         from diffusers_backend.tasks.denoise import step_key
 
         self._settings = settings
+        self.clock = clock  # batch window, idle release, call lengths (engine/clock.py)
         self._release_memory = release_memory
         self.lock = threading.Lock()  # held for every pipeline call and for model swaps
         self._loaded: LoadedPipeline | None = None
@@ -162,7 +164,7 @@ class Engine:
         with self._cv:
             while not self.scheduler.queue:
                 timeout = idle_after if (self._used_since_release and idle_after > 0) else None
-                if not self._cv.wait(timeout) and not self.scheduler.queue:
+                if not self.clock.wait(self._cv, timeout) and not self.scheduler.queue:
                     self._used_since_release = False
                     self._cv.release()
                     try:
@@ -181,10 +183,11 @@ class Engine:
 
     def _gather(self, first: Ticket) -> None:
         """A batchable request waits (bounded) for companions, as long as the scheduler says."""
-        started = time.monotonic()
+        clock = self.clock
+        started = clock.monotonic()
         with self._cv:
-            while (wait := self.scheduler.gather_wait(first, time.monotonic() - started)) > 0:
-                self._cv.wait(wait)
+            while (wait := self.scheduler.gather_wait(first, clock.monotonic() - started)) > 0:
+                clock.wait(self._cv, wait)
 
     def _serve(self, first: Ticket) -> None:
         with self.lock:
@@ -261,7 +264,7 @@ class Engine:
     def _execute(self, batch: list[tuple[Ticket, Any]], variants: Any) -> None:
         tickets = [t for t, _ in batch]
         plans = [p for _, p in batch]
-        started = timings.now()
+        started = self.clock.monotonic()
         for ticket in tickets:
             progress.HUB.started(ticket.progress)
         progress.running([t.progress for t in tickets])  # its step callback reports to them
@@ -288,7 +291,7 @@ class Engine:
                 ticket.finish(error=exc)
             return
         progress.running([])
-        self.call_done(timings.now() - started)
+        self.call_done(self.clock.monotonic() - started)
         timings.pipeline_ran([(t.record, getattr(p, "seed", None),
                                int(getattr(output, "steps", 0) or getattr(p, "steps", 0)))
                               for (t, p), output in zip(batch, outputs, strict=True)],

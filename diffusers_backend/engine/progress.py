@@ -17,11 +17,12 @@ import functools
 import itertools
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
+
+from diffusers_backend.engine.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 QUEUED, STARTED, STEP, DONE, FAILED, CANCELLED = (
@@ -83,16 +84,17 @@ class Track:
     width: int = 0
     height: int = 0
     preview_every: int = DEFAULT_PREVIEW_EVERY
-    queued_at: float = field(default_factory=time.monotonic)
+    queued_at: float = field(default_factory=SYSTEM_CLOCK.monotonic)
     started_at: float | None = None
     step: int = 0
     ended: bool = False
     last: Event | None = None  # the latest event (the live page's starting state)
     preview: bytes = b""  # the latest preview made for it
     decoder: Any = None  # the model's preview_decoder (an AutoencoderTiny), if it has one
+    clock: Clock = SYSTEM_CLOCK  # the hub's: elapsed and ETA
 
     def event(self, stage: str, **values: Any) -> Event:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         return Event(self.request_id, self.dst, stage, self.kind, steps=self.steps,
                      elapsed_s=round(now - self.queued_at, 3), **values)
 
@@ -135,7 +137,8 @@ class Watcher:
 class Hub:
     """Where requests report and watchers listen (one per process: :data:`HUB`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock  # elapsed and ETA (engine/clock.py)
         self._lock = threading.Lock()
         self.watchers: tuple[Watcher, ...] = ()  # replaced, never mutated: read without lock
         self._tracks: dict[str, Track] = {}  # requests not ended yet, oldest first
@@ -185,7 +188,8 @@ class Hub:
                       _kind(plan), int(getattr(plan, "steps", 0) or 0),
                       int(getattr(plan, "width", 0) or 0), int(getattr(plan, "height", 0) or 0),
                       preview_every=max(1, int(every)) if isinstance(every, int) else 1,
-                      decoder=getattr(loaded, "preview_decoder", None))
+                      decoder=getattr(loaded, "preview_decoder", None),
+                      queued_at=self.clock.monotonic(), clock=self.clock)
         with self._lock:
             self._tracks[track.request_id] = track
             position = sum(1 for t in self._tracks.values() if t.started_at is None)
@@ -197,7 +201,7 @@ class Hub:
         """The pipeline thread began running the request."""
         if track is None or track.started_at is not None or track.ended:
             return
-        track.started_at = time.monotonic()
+        track.started_at = self.clock.monotonic()
         if steps:
             track.steps = steps
         self._publish(track, track.event(STARTED))
@@ -215,7 +219,7 @@ class Hub:
             self.started(track)
         track.steps = steps or track.steps
         assert track.started_at is not None
-        spent = time.monotonic() - track.started_at
+        spent = self.clock.monotonic() - track.started_at
         eta = spent / step * (track.steps - step) if step > 0 and track.steps >= step else 0.0
         png = b""
         if latents is not None and pipe is not None and self._preview_due(track, step):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from diffusers_backend.engine import progress, timings
 from diffusers_backend.engine.block_checks import watching
+from diffusers_backend.engine.clock import Clock
 from diffusers_backend.engine.scheduler import Scheduler
 from diffusers_backend.engine.tickets import Ticket, waited_its_turn
 from diffusers_backend.errors import Cancelled, is_out_of_memory
@@ -36,6 +37,7 @@ class LoopHost(Protocol):
 
     scheduler: Scheduler
     swap_waiting: bool  # a model swap waits: admit no one, so the loop drains
+    clock: Clock  # a request's time in the loop (the auto batch window learns from it)
 
     @property
     def queue_lock(self) -> threading.Condition: ...
@@ -110,7 +112,7 @@ class StepLoop:
                 self.host.out_of_memory()
             ticket.finish(error=exc)
             return
-        self.active.append(Member(ticket, plan, slot, timings.now()))
+        self.active.append(Member(ticket, plan, slot, self.host.clock.monotonic()))
         progress.HUB.started(ticket.progress, len(slot.timesteps))
         log.debug("denoising loop admitted seed=%s steps=%s (%d active)",
                   getattr(plan, "seed", "-"), getattr(plan, "steps", "-"), len(self.active))
@@ -197,7 +199,7 @@ class StepLoop:
             except Exception as exc:  # noqa: BLE001 - this request's own error
                 member.ticket.finish(error=exc)
                 continue
-            seconds = timings.now() - member.admitted_at
+            seconds = self.host.clock.monotonic() - member.admitted_at
             self.host.call_done(seconds)
             timings.stepped_request_ran(
                 member.ticket.record, seed=member.plan.seed,

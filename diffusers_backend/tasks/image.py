@@ -24,19 +24,15 @@ from diffusers_backend.prompts.clip_skip_limits import check_clip_skip_limit
 from diffusers_backend.registry.signatures import call_signature
 from diffusers_backend.settings import Settings
 from diffusers_backend.tasks import references
+from diffusers_backend.tasks.call_header import CallHeader
 from diffusers_backend.tasks.calls import (
     DEFAULT_IMG2IMG_STRENGTH,
     IsCancelled,
     PictureOutput,
-    accepted_kwargs,
-    cancel_callback,
     check_size,
     check_steps,
-    make_generator,
-    model_defaults,
     option_int,
     pick_seed,
-    size_kwargs,
     size_multiple,
     steps_or_default,
 )
@@ -141,9 +137,7 @@ class ImagePlan:
                 for key in _PER_ITEM_KEYS:
                     if key in call:
                         call[key] = [item_call[key] for _, item_call, _ in calls]
-            if call_signature(type(pipe)).accepts("callback_on_step_end"):
-                call["callback_on_step_end"] = cancel_callback(is_cancelled)
-            images = pipe(**call).images
+            images = pipe(**CallHeader.of(pipe).cancellable(call, is_cancelled)).images
         return [ImageOutput(image, facts)
                 for image, (_, _, facts) in zip(images[: len(batch)], calls, strict=True)]
 
@@ -152,11 +146,12 @@ class ImagePlan:
         the facts of the call."""
         loaded, inputs = self.loaded, self.inputs
         pipe, image_kwargs = _target(loaded, variants, inputs, self)
-        sig = call_signature(type(pipe))
+        head = CallHeader.of(pipe)
+        sig = head.sig
         width, height = self.width, self.height
         if inputs.inpaint:
             width, height = _inpaint_size(width, height, inputs.image, pipe)
-        kwargs: dict[str, Any] = model_defaults(loaded, sig)
+        kwargs: dict[str, Any] = head.defaults(loaded)
         if type(pipe).__name__ == "FluxPipeline" and sig.accepts("max_sequence_length"):
             kwargs.setdefault("max_sequence_length", FLUX_MAX_SEQUENCE_LENGTH)
         if not inputs.inpaint and "image" in image_kwargs and sig.accepts("strength"):
@@ -170,10 +165,9 @@ class ImagePlan:
             use_compel=self.settings.compel,
             sd_embed=self.settings.sd_embed, clip_skip=self.clip_skip,
             clip_skip_enabled=self.settings.clip_skip_enabled))
-        kwargs.update(num_inference_steps=self.steps, generator=make_generator(self.seed))
+        kwargs.update(head.noise(self.seed, self.steps, width, height))
         if ip_adapter.is_loaded(pipe):
             kwargs.update(ip_adapter.call_kwargs(pipe, loaded.spec, inputs.adapter))
-        kwargs.update(size_kwargs(width, height))
         if width and height and sig.accepts("max_area"):  # Kontext: else it picks ~1024x1024
             kwargs.setdefault("max_area", width * height)
             if inputs.inpaint and sig.accepts("_auto_resize"):
@@ -181,7 +175,7 @@ class ImagePlan:
                 # snapped to a ~1 MP Kontext size): give it the request's size instead.
                 kwargs.update(_auto_resize=False, image=_resized(kwargs["image"], width, height),
                               mask_image=kwargs["mask_image"].resize((width, height)))
-        call = accepted_kwargs(kwargs, sig)
+        call = head.accepted(kwargs)
         steps, note = self.steps, self.note
         strength = call.get("strength")
         if (isinstance(strength, (int, float)) and 0 < strength <= 1

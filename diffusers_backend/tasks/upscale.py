@@ -15,16 +15,9 @@ from typing import Any
 from diffusers_backend import media
 from diffusers_backend.errors import InvalidArgument
 from diffusers_backend.loading.pipeline_loader import LoadedPipeline
-from diffusers_backend.registry.signatures import call_signature
 from diffusers_backend.settings import Settings
-from diffusers_backend.tasks.calls import (
-    IsCancelled,
-    PictureOutput,
-    accepted_kwargs,
-    cancel_callback,
-    make_generator,
-    pick_seed,
-)
+from diffusers_backend.tasks.call_header import CallHeader
+from diffusers_backend.tasks.calls import IsCancelled, PictureOutput, pick_seed
 from diffusers_backend.tasks.jobs import UpscaleJob
 
 
@@ -72,13 +65,12 @@ class UpscalePlan:
             return [UpscaleOutput(media.lanczos_upscale(plan.image, plan.scale,
                                                         max_pixels=plan.settings.max_pixels))]
         pipe = plan.loaded.pipe
-        sig = call_signature(type(pipe))
+        head = CallHeader.of(pipe)
         kwargs: dict[str, Any] = {"prompt": "", "image": plan.image,
-                                  "generator": make_generator(pick_seed(0))}
-        kwargs.update(plan.loaded.spec.call_options)  # else the pipeline's own defaults
-        if sig.accepts("callback_on_step_end"):
-            kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)
-        call = accepted_kwargs(kwargs, sig)
+                                  **head.noise(pick_seed(0))}
+        # The options as they are (no cfg default): else the pipeline's own defaults.
+        kwargs.update(plan.loaded.spec.call_options)
+        call = head.finish(kwargs, is_cancelled)
         result = pipe(**call).images[0]
         ran = _what_ran(pipe, call)
         if plan.job.scale and result.size != plan.target:

@@ -12,18 +12,14 @@ from diffusers_backend.errors import InvalidArgument
 from diffusers_backend.loading.pipeline_loader import LoadedPipeline
 from diffusers_backend.registry.signatures import CallSignature, call_signature
 from diffusers_backend.settings import Settings
+from diffusers_backend.tasks.call_header import CallHeader
 from diffusers_backend.tasks.calls import (
     DEFAULT_STEPS,
     IsCancelled,
-    accepted_kwargs,
-    cancel_callback,
     check_size,
     check_steps,
-    make_generator,
-    model_defaults,
     option_int,
     pick_seed,
-    size_kwargs,
     size_multiple,
 )
 from diffusers_backend.tasks.jobs import ImageJob, VideoJob
@@ -98,8 +94,9 @@ class VideoPlan:
         """Run the one plan of ``batch``; its video as PIL frames or an (F, H, W, C) array."""
         (plan,) = batch
         pipe = plan.loaded.pipe
-        sig = call_signature(type(pipe))
-        kwargs: dict[str, Any] = model_defaults(plan.loaded, sig)
+        head = CallHeader.of(pipe)
+        sig = head.sig
+        kwargs: dict[str, Any] = head.defaults(plan.loaded)
         if plan.start is not None:
             kwargs["image"] = plan.start
         if plan.end is not None:
@@ -113,20 +110,17 @@ class VideoPlan:
             # SVD-style pipelines ramp guidance between a min and a max instead.
             key = "max_guidance_scale" if sig.accepts("max_guidance_scale") else "guidance_scale"
             kwargs[key] = plan.guidance
-        kwargs.update(num_inference_steps=plan.steps, generator=make_generator(plan.seed),
+        kwargs.update(head.noise(plan.seed, plan.steps, plan.width, plan.height),
                       decode_chunk_size=plan.settings.chunk_size)
         if plan.frames:
             kwargs["num_frames"] = plan.frames
-        kwargs.update(size_kwargs(plan.width, plan.height))
         # The rate the model is conditioned on and the rate written to the file agree.
         for key in ("fps", "frame_rate"):
             if sig.accepts(key):
                 kwargs[key] = plan.fps
-        if sig.accepts("callback_on_step_end"):
-            kwargs["callback_on_step_end"] = cancel_callback(is_cancelled)
-        kwargs.update(plan.params)
+        kwargs.update(plan.params)  # (never the steps, generator, size or callback)
         with applied(plan.loaded, plan.loras, plan.settings.safetensors_only):
-            result = pipe(**accepted_kwargs(kwargs, sig))
+            result = pipe(**head.finish(kwargs, is_cancelled))
         audio = getattr(result, "audio", None)
         if audio is not None and len(audio):
             audio = audio[0]  # one prompt: its waveform, (channels, samples)

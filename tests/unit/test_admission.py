@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from diffusers_backend.engine import admission
+from diffusers_backend.engine import admission, progress
 from diffusers_backend.engine.block_checks import watching
 from diffusers_backend.engine.runtime import ModelRuntime
 from diffusers_backend.errors import (
@@ -181,15 +181,30 @@ def test_a_shared_step_goes_on_for_the_member_that_is_still_waiting(tiny_sd, tmp
 
     threads = [threading.Thread(target=run, args=(name, probe))
                for name, probe in (("leaving", leaving), ("staying", staying))]
+    watchers = [progress.HUB.watch(str(tmp_path / f"{name}.png"))
+                for name in ("leaving", "staying")]
     try:
         for thread in threads:
             thread.start()
-        time.sleep(0.5)  # both admitted, inside their shared steps (80 take seconds)
+        for watcher in watchers:  # both admitted, inside their shared steps (80 take seconds)
+            assert _a_step_reported(watcher)
         leaving.cancelled.set()
         for thread in threads:
             thread.join(120)
     finally:
+        for watcher in watchers:
+            progress.HUB.unwatch(watcher)
         shared.close()
     assert isinstance(outcome["leaving"], Cancelled)
     assert "image written" in str(outcome["staying"])
     assert (tmp_path / "staying.png").exists() and not (tmp_path / "leaving.png").exists()
+
+
+def _a_step_reported(watcher: progress.Watcher) -> bool:
+    """Wait (on the progress hub's events) until the watched request has run a step."""
+    while (event := watcher.get(60)) is not None:
+        if event.stage == progress.STEP:
+            return True
+        if event.stage in progress.ENDS:
+            return False
+    return False
