@@ -88,7 +88,7 @@ def _cp_config(kind: str, world_size: int) -> Any:
 
 def _load(args: WorkerArgs) -> Any:
     """The same load the single-process server does, then the denoiser sharded."""
-    from diffusers_backend.loading import path_guard
+    from diffusers_backend import path_guard
     from diffusers_backend.loading.pipeline_loader import load_pipeline
 
     path_guard.set_allowed_roots(args.settings.allowed_paths)
