@@ -11,4 +11,9 @@ if [[ "${1:-}" == "--fast" ]]; then  # make test-fast: the unit tier, no lint, u
 fi
 .venv/bin/ruff check .
 .venv/bin/mypy  # strict on the package; configured in pyproject.toml
-exec .venv/bin/python -m pytest "$@"
+# pytest-xdist: one worker more than the cores (a worker often waits on a server it
+# started), at most 6 (each may hold a server and its models in memory); TEST_WORKERS=0
+# runs in this process. A module stays on one worker (loadfile), so its shared server
+# starts once.
+workers=${TEST_WORKERS:-$(( $(nproc) + 1 > 6 ? 6 : $(nproc) + 1 ))}
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"

@@ -25,6 +25,11 @@ def pytest_configure(config: pytest.Config) -> None:
     has not run (a bare pytest call); test modules import the stubs through ``harness``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # One torch thread per process (set before torch is imported, and inherited by the
+    # xdist workers and the servers they start): the tiny models gain nothing from threads,
+    # and with several workers sharing the cores, idle threads spinning cost a quarter of
+    # the suite's CPU time. Tests of the Threads option set their own count.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from diffusers_backend.serving.protogen import generate
 
     generate()

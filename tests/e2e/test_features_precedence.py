@@ -67,8 +67,8 @@ def test_threads_sets_torch_cpu_threads(tmp_path, tiny_sd):
 
     server = start_backend(tmp_path)
     try:
-        load_ok(server, tiny_sd, Threads=1)
-        assert "1 CPU threads" in server.log()
-        assert server.image(tmp_path / "one-thread.png", seed=2).success
+        load_ok(server, tiny_sd, Threads=2)  # the suite's processes start with one
+        assert "2 CPU threads" in server.log()
+        assert server.image(tmp_path / "two-threads.png", seed=2).success
     finally:
         server.stop()
