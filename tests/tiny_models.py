@@ -17,6 +17,7 @@ with a chat template get a one-line template.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -57,16 +58,20 @@ def cached_build(name: str, builder: Callable[[Path], None]) -> Path:
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    builder(tmp)
-    (tmp / ".complete").write_text("ok")
-    shutil.rmtree(target, ignore_errors=True)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process won the race; its copy is equivalent
+    # One builder per fixture across processes (pytest-xdist workers, a bench beside the
+    # suite): the others wait, then find it complete. A complete fixture is never replaced,
+    # so a process reading it cannot see it vanish.
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():
+            return target
+        tmp = target.parent / f".{name}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        builder(tmp)
+        (tmp / ".complete").write_text("ok")
+        shutil.rmtree(target, ignore_errors=True)  # a build that died half-way
+        tmp.rename(target)
     return target
 
 
