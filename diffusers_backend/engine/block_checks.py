@@ -25,9 +25,9 @@ from typing import Any
 from diffusers_backend.engine import timings
 from diffusers_backend.engine.admission import CostBook, costs_of, decoder_units, denoiser_units
 from diffusers_backend.errors import Cancelled
+from diffusers_backend.tasks.calls import IsCancelled
 
 log = logging.getLogger(__name__)
-IsCancelled = Callable[[], bool]
 DENOISERS = ("unet", "transformer", "transformer_2", "prior")
 SMALL = frozenset({"to_out", "net", "norms", "proj_out_list"})  # lists inside one layer
 _MARK = "_diffusers_backend_block_checks"
