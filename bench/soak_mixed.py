@@ -143,7 +143,11 @@ def trend(samples: list[tuple[float, int, int]]) -> dict[str, object]:
     rss = [s[1] for s in steady]
     threads = [s[2] for s in steady]
     quarter = max(1, len(steady) // 4)
-    return {"rss_mib_first_quarter": round(sum(rss[:quarter]) / quarter),
+    # The mean of each tenth too: a leak climbs through them, while a swap between the
+    # image and the video model only moves them up and down.
+    tenths = [rss[i * len(rss) // 10:(i + 1) * len(rss) // 10] for i in range(10)]
+    return {"rss_mib_by_tenth": [round(sum(t) / len(t)) for t in tenths if t],
+            "rss_mib_first_quarter": round(sum(rss[:quarter]) / quarter),
             "rss_mib_last_quarter": round(sum(rss[-quarter:]) / quarter),
             "rss_mib_max": max(rss), "threads_min": min(threads),
             "threads_max": max(threads), "threads_last": threads[-1], "samples": len(samples)}
